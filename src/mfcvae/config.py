@@ -1,0 +1,133 @@
+"""Typed, validated configuration: what the network is (ModelConfig) and how it is
+trained (TrainConfig), plus the YAML presets that fill in an estimator's parameters.
+
+Validation lives here so that a wrong value fails with a message naming it before any
+work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+COVARIANCES = ("diag", "full")
+LIKELIHOODS = ("bernoulli", "gaussian")
+POSTERIORS = ("exact", "mc")
+ARCHITECTURES = ("mlp",)
+INITS = ("gmm", "random")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_positive_ints(name: str, values: tuple, length: int | None = None) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"{name} must hold positive integers, got {values!r}")
+    if length is not None and len(values) != length:
+        raise ValueError(f"{name} needs one entry per facet ({length}), got {len(values)}: {values!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: one entry per facet in n_clusters, latent_dims and hidden_dims."""
+
+    input_shape: tuple[int, ...]
+    n_clusters: tuple[int, ...]
+    latent_dims: tuple[int, ...]
+    hidden_dims: tuple[int, ...]
+    covariance: str = "diag"
+    learn_weights: bool = True
+    likelihood: str = "bernoulli"
+    likelihood_scale: float = 0.3
+    posterior: str = "exact"
+    architecture: str = "mlp"
+
+    def __post_init__(self) -> None:
+        if len(self.n_clusters) == 0:
+            raise ValueError("n_clusters must name at least one facet")
+        _check_positive_ints("n_clusters", self.n_clusters)
+        _check_positive_ints("latent_dims", self.latent_dims, len(self.n_clusters))
+        _check_positive_ints("hidden_dims", self.hidden_dims, len(self.n_clusters))
+        _check_positive_ints("input_shape", self.input_shape)
+        _check_choice("covariance", self.covariance, COVARIANCES)
+        _check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        _check_choice("posterior", self.posterior, POSTERIORS)
+        _check_choice("architecture", self.architecture, ARCHITECTURES)
+        if not self.likelihood_scale > 0:
+            raise ValueError(f"likelihood_scale must be > 0, got {self.likelihood_scale!r}")
+
+    @property
+    def n_facets(self) -> int:
+        return len(self.n_clusters)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: Adam, mini-batches, progressive schedule, prior initialisation.
+
+    Stage lengths and the fade-in default to fractions of the run (equal stages, each
+    facet fading in over ``fade_fraction`` of its stage); ``stage_epochs`` and
+    ``fade_steps`` give them in absolute epochs / mini-batches, as the paper's presets do.
+    """
+
+    epochs: int
+    batch_size: int
+    lr: float
+    progressive: bool = True
+    stage_epochs: tuple[int, ...] | None = None
+    fade_steps: int | None = None
+    fade_fraction: float = 0.5
+    init: str = "gmm"
+    pretrain_epochs: int = 0
+    refit_on_stage: bool = False
+    free_bits: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive_ints("epochs", (self.epochs,))
+        _check_positive_ints("batch_size", (self.batch_size,))
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if self.stage_epochs is not None:
+            _check_positive_ints("stage_epochs", self.stage_epochs)
+        if self.fade_steps is not None and not (isinstance(self.fade_steps, int) and self.fade_steps >= 0):
+            raise ValueError(f"fade_steps must be a non-negative integer, got {self.fade_steps!r}")
+        if not 0 <= self.fade_fraction <= 1:
+            raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
+        _check_choice("init", self.init, INITS)
+        if not (isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0):
+            raise ValueError(f"pretrain_epochs must be a non-negative integer, got {self.pretrain_epochs!r}")
+        if not self.free_bits >= 0:
+            raise ValueError(f"free_bits must be >= 0, got {self.free_bits!r}")
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    return {p.stem: yaml.safe_load(p.read_text()).get("description", "") for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def load_preset(name: str) -> dict:
+    """The estimator parameters of a named preset (without its description)."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    return load_config(path)
+
+
+def load_config(path: str | Path) -> dict:
+    """Estimator parameters from a YAML file (a mapping of parameter name -> value)."""
+    path = Path(path)
+    try:
+        params = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read config file {path}: {err}") from err
+    if not isinstance(params, dict):
+        raise ValueError(f"config file {path} must hold a mapping of parameter names to values")
+    params.pop("description", None)
+    return params

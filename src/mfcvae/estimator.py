@@ -1,0 +1,344 @@
+"""MFCVAE: the scikit-learn style estimator that users hold.
+
+It validates inputs, turns its hyper-parameters into ModelConfig / TrainConfig, hands the
+optimisation to ``train.Trainer`` and answers questions about the fitted model. It knows
+nothing of layer shapes (model.py) or of command lines (cli.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+
+from .config import ModelConfig, TrainConfig
+from .metrics import evaluate_assignments
+from .model import MultiFacetVAE
+from .serialization import CONFIG_FILE, read_model_dir, write_model_dir
+from .train import CHECKPOINT_FILE, Trainer, initialise_priors, map_batches, read_checkpoint_metadata
+from .validation import check_inputs
+
+FORMAT_VERSION = 1
+PREDICT_BATCH = 2048
+# Parameters that may differ between a checkpoint and the estimator that resumes it.
+RESUMABLE_CHANGES = {"epochs", "verbose", "device"}
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else must name a usable device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
+    return resolved
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block under torch's global RNG seeded with ``seed``, restoring the caller's RNG after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class MFCVAE(BaseEstimator):
+    """Multi-Facet Clustering VAE: J independent clusterings of the same data.
+
+    Facet j has ``n_clusters[j]`` clusters and a ``latent_dims[j]``-dimensional latent.
+    Facet 0 is the bottom rung of the ladder (nearest the pixels), facet J-1 the top.
+    The defaults are the paper's MNIST configuration (two facets, 25 clusters and 5 latent
+    dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
+    Bernoulli likelihood, Adam at 5e-4, batch 512, GMM initialisation, progressive training).
+
+    Parameters
+    ----------
+    n_clusters, latent_dims, hidden_dims : one entry per facet (hidden_dims: encoder width of each rung).
+    covariance : "diag" or "full" covariance of every mixture component.
+    learn_weights : learn the mixture weights pi_j (else uniform, fixed).
+    likelihood : "bernoulli" (inputs in [0, 1]) or "gaussian" with std ``likelihood_scale``.
+    posterior : "exact" (closed-form optimal q(c|x)) or "mc" (the paper code's one-sample estimate).
+    architecture : "mlp" (the MLP ladder).
+    epochs, batch_size, lr : Adam optimisation.
+    progressive : train facets one at a time, top first, each faded in (else all at once).
+    stage_epochs : epochs per stage (sums to ``epochs``); default: equal stages.
+    fade_steps : fade-in length in mini-batches; default: ``fade_fraction`` of a stage.
+    init : "gmm" (fit a Gaussian mixture to encoded data) or "random" (K encoded inputs).
+    pretrain_epochs : epochs of plain-autoencoder warm-up before the mixture initialisation
+        (beyond the paper; 0 = the paper's recipe).
+    refit_on_stage : re-initialise a facet's mixture when its stage starts (beyond the paper).
+    free_bits : KL (nats, per facet and example) below which a facet is not pulled towards its
+        prior during training; > 0 keeps lower facets from collapsing (beyond the paper).
+    seed : same seed, same data, same machine -> same clusters.
+    device : "auto" (CUDA if present, else CPU), "cpu" or "cuda[:i]".
+    verbose : show a progress bar while training.
+
+    Attributes (after fit)
+    ----------------------
+    model_ : the trained ``MultiFacetVAE``.
+    input_shape_ : the shape of one example.
+    history_ : per-epoch training metrics (list of dicts).
+    cluster_weights_ : list of J arrays pi_j.
+    """
+
+    def __init__(
+        self,
+        n_clusters: tuple[int, ...] = (25, 25),
+        latent_dims: tuple[int, ...] = (5, 5),
+        hidden_dims: tuple[int, ...] = (500, 2000),
+        covariance: str = "diag",
+        learn_weights: bool = True,
+        likelihood: str = "bernoulli",
+        likelihood_scale: float = 0.3,
+        posterior: str = "exact",
+        architecture: str = "mlp",
+        epochs: int = 100,
+        batch_size: int = 512,
+        lr: float = 5e-4,
+        progressive: bool = True,
+        stage_epochs: tuple[int, ...] | None = None,
+        fade_steps: int | None = None,
+        fade_fraction: float = 0.5,
+        init: str = "gmm",
+        pretrain_epochs: int = 0,
+        refit_on_stage: bool = False,
+        free_bits: float = 0.0,
+        seed: int = 0,
+        device: str = "auto",
+        verbose: bool = True,
+    ):
+        self.n_clusters = n_clusters
+        self.latent_dims = latent_dims
+        self.hidden_dims = hidden_dims
+        self.covariance = covariance
+        self.learn_weights = learn_weights
+        self.likelihood = likelihood
+        self.likelihood_scale = likelihood_scale
+        self.posterior = posterior
+        self.architecture = architecture
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.progressive = progressive
+        self.stage_epochs = stage_epochs
+        self.fade_steps = fade_steps
+        self.fade_fraction = fade_fraction
+        self.init = init
+        self.pretrain_epochs = pretrain_epochs
+        self.refit_on_stage = refit_on_stage
+        self.free_bits = free_bits
+        self.seed = seed
+        self.device = device
+        self.verbose = verbose
+
+    # --- configuration -------------------------------------------------------------
+    def _model_config(self, input_shape: tuple[int, ...]) -> ModelConfig:
+        n_clusters, latent_dims, hidden_dims = (_as_tuple(n, v) for n, v in (
+            ("n_clusters", self.n_clusters), ("latent_dims", self.latent_dims), ("hidden_dims", self.hidden_dims)))
+        if len(n_clusters) != len(latent_dims):
+            raise ValueError(
+                f"n_clusters and latent_dims need one entry per facet each; got {len(n_clusters)} and "
+                f"{len(latent_dims)} ({self.n_clusters!r} vs {self.latent_dims!r})"
+            )
+        return ModelConfig(
+            input_shape=tuple(int(s) for s in input_shape), n_clusters=n_clusters, latent_dims=latent_dims,
+            hidden_dims=hidden_dims, covariance=self.covariance, learn_weights=bool(self.learn_weights),
+            likelihood=self.likelihood, likelihood_scale=self.likelihood_scale, posterior=self.posterior,
+            architecture=self.architecture,
+        )
+
+    def _train_config(self) -> TrainConfig:
+        stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, progressive=bool(self.progressive),
+            stage_epochs=stage_epochs, fade_steps=self.fade_steps, fade_fraction=self.fade_fraction,
+            init=self.init, pretrain_epochs=self.pretrain_epochs, refit_on_stage=bool(self.refit_on_stage), free_bits=self.free_bits, seed=self.seed,
+        )
+
+    # --- training ------------------------------------------------------------------
+    def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False) -> "MFCVAE":
+        """Train on X ((N, D), (N, H, W) or (N, C, H, W)); ``y`` is ignored (unsupervised).
+
+        With ``run_dir``, per-epoch metrics (metrics.csv), a checkpoint after every epoch
+        (and on Ctrl-C) and the final model are written there; ``resume=True`` continues
+        from its checkpoint.
+        """
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        X = check_inputs(X, unit_interval=self.likelihood == "bernoulli")
+        model_cfg, train_cfg = self._model_config(X.shape[1:]), self._train_config()
+        if len(X) < max(model_cfg.n_clusters):
+            raise ValueError(f"X has {len(X)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
+        if resume and run_dir is None:
+            raise ValueError("resume=True needs the run_dir holding the checkpoint")
+        device = resolve_device(self.device)
+        checkpoint = Path(run_dir) / CHECKPOINT_FILE if run_dir is not None else None
+        if resume:
+            self._check_resumable(checkpoint)
+
+        with seeded(self.seed, device):
+            model = MultiFacetVAE(model_cfg).to(device)
+            trainer = Trainer(model, train_cfg, len(X), device, run_dir, self.verbose, metadata=self.get_params())
+            if resume:
+                trainer.load_checkpoint(checkpoint)
+            else:
+                trainer.pretrain(torch.from_numpy(X), train_cfg.pretrain_epochs)
+                initialise_priors(model, torch.from_numpy(X), train_cfg.init, train_cfg.seed, device)
+                if run_dir is not None:  # a fresh run: forget an older run's logs in the same folder
+                    for stale in ("metrics.csv", CHECKPOINT_FILE):
+                        (Path(run_dir) / stale).unlink(missing_ok=True)
+            trainer.run(torch.from_numpy(X))
+
+        self.model_, self.input_shape_, self.history_ = model.eval(), tuple(X.shape[1:]), trainer.history
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        if run_dir is not None:
+            self.save(run_dir)
+        return self
+
+    def _check_resumable(self, checkpoint: Path) -> None:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
+        saved = read_checkpoint_metadata(checkpoint)
+        mine = self.get_params()
+        changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and _jsonable(saved[k]) != _jsonable(mine.get(k)))
+        if changed:
+            raise ValueError(f"cannot resume {checkpoint}: these parameters differ from the checkpoint's: {changed}")
+
+    # --- inference -----------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this MFCVAE is not fitted yet: call fit(X) or MFCVAE.load(path) first")
+
+    def _inputs(self, X, name: str = "X") -> torch.Tensor:
+        self._check_fitted()
+        return torch.from_numpy(check_inputs(X, name=name, input_shape=self.input_shape_))
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model_.parameters()).device
+
+    def _map(self, fn, X) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in map_batches(fn, X, PREDICT_BATCH, self._device)]
+
+    def predict_proba(self, X) -> list[np.ndarray]:
+        """q(c_j | x) for every facet: a list of J arrays (N, K_j) whose rows sum to 1."""
+        return self._map(lambda xb: [lq.exp() for lq in self.model_.cluster_log_posteriors(xb)], self._inputs(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Cluster ids, shape (N, J): argmax_k q(c_j = k | x) with z at the posterior mean."""
+        return np.stack([p.argmax(1) for p in self.predict_proba(X)], axis=1).astype(np.int64)
+
+    def transform(self, X) -> list[np.ndarray]:
+        """Posterior means of z_j: a list of J arrays (N, d_j)."""
+        return self._map(lambda xb: [m for m, _ in self.model_.encode(xb)], self._inputs(X))
+
+    def _decode_mean(self, zs: list[torch.Tensor]) -> torch.Tensor:
+        return self.model_.likelihood.mean(self.model_.decode([z.to(self._device) for z in zs]))
+
+    def reconstruct(self, X) -> np.ndarray:
+        """Decode the posterior means: an array shaped like X."""
+        return self._map(lambda xb: [self._decode_mean([m for m, _ in self.model_.encode(xb)])], self._inputs(X))[0]
+
+    def compose(self, X_a, X_b, facet: int) -> np.ndarray:
+        """X_a with facet ``facet``'s latent taken from X_b (row by row), decoded."""
+        a, b = self._inputs(X_a, "X_a"), self._inputs(X_b, "X_b")
+        if len(a) != len(b):
+            raise ValueError(f"X_a and X_b must have the same number of examples, got {len(a)} and {len(b)}")
+        self._check_facet(facet)
+        za = [torch.from_numpy(z) for z in self.transform(a)]
+        za[facet] = torch.from_numpy(self.transform(b)[facet])
+        with torch.no_grad():
+            return self._decode_mean(za).cpu().numpy()
+
+    def sample(self, n: int, facet: int | None = None, cluster: int | None = None,
+               temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
+        """n new inputs: every facet drawn from its prior at ``temperature``, facet ``facet``
+        from its cluster ``cluster`` (controlled generation)."""
+        self._check_fitted()
+        if not (isinstance(n, (int, np.integer)) and n > 0):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        if cluster is not None:
+            if facet is None:
+                raise ValueError("cluster needs facet: say which facet's cluster to sample from")
+            self._check_facet(facet)
+            if not 0 <= cluster < self.model_.cfg.n_clusters[facet]:
+                raise ValueError(f"facet {facet} has clusters 0..{self.model_.cfg.n_clusters[facet] - 1}, got {cluster}")
+        generator = torch.Generator(self._device).manual_seed(self.seed if seed is None else seed)
+        with torch.no_grad():
+            zs = self.model_.sample_latents(n, facet, cluster, temperature, generator)
+            return self._decode_mean(zs).cpu().numpy()
+
+    def score(self, X) -> float:
+        """Mean ELBO per example (one reparameterised sample, seeded, so repeatable)."""
+        x = self._inputs(X)
+        with seeded(self.seed, self._device):
+            elbos = self._map(lambda xb: [self.model_.elbo_terms(xb).elbo()], x)[0]
+        return float(elbos.mean())
+
+    def evaluate(self, X, labels: dict[str, np.ndarray]) -> list[dict]:
+        """Accuracy (many-to-one, the paper's), Hungarian accuracy, NMI, ARI and active clusters
+        for every facet x label pair; ``labels`` maps a name to an (N,) array."""
+        if not isinstance(labels, dict):
+            raise TypeError("labels must be a dict of label name -> (N,) array")
+        return evaluate_assignments(self.predict(X), labels)
+
+    @property
+    def cluster_weights_(self) -> list[np.ndarray]:
+        self._check_fitted()
+        return [p.log_weights.exp().detach().cpu().numpy() for p in self.model_.priors]
+
+    def _check_facet(self, facet: int) -> None:
+        if not (isinstance(facet, (int, np.integer)) and 0 <= facet < self.model_.n_facets):
+            raise ValueError(f"facet must be an integer in [0, {self.model_.n_facets}), got {facet!r}")
+
+    # --- persistence ---------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write ``path/model.safetensors`` (weights) and ``path/config.json`` (everything else)."""
+        self._check_fitted()
+        config = {"format": "mfcvae", "version": FORMAT_VERSION, "params": _jsonable(self.get_params()),
+                  "input_shape": list(self.input_shape_), "history": self.history_}
+        write_model_dir(Path(path), self.model_.state_dict(), config)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> "MFCVAE":
+        """Load a model written by ``save`` (or a ``fit(run_dir=...)`` / ``mfcvae fit --out`` folder)."""
+        state, config = read_model_dir(Path(path))
+        if config.get("format") != "mfcvae":
+            raise ValueError(f"{Path(path) / CONFIG_FILE} is not an mfcvae model config")
+        est = cls(**{**config["params"], "device": device})
+        model = MultiFacetVAE(est._model_config(tuple(config["input_shape"])))
+        model.load_state_dict(state)
+        est.model_ = model.to(resolve_device(device)).eval()
+        est.input_shape_, est.history_ = tuple(config["input_shape"]), config["history"]
+        est.n_features_in_ = int(np.prod(est.input_shape_))
+        return est
+
+
+def _as_tuple(name: str, value) -> tuple:
+    if isinstance(value, (int, np.integer)):
+        return (int(value),)
+    try:
+        return tuple(int(v) if isinstance(v, np.integer) else v for v in value)
+    except TypeError as err:
+        raise ValueError(f"{name} must be a sequence of integers, got {value!r}") from err
+
+
+def _jsonable(value):
+    """Tuples -> lists, numpy scalars -> Python, recursively (for config.json and comparisons)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,246 @@
+"""The optimisation loop: prior initialisation, progressive schedule, Adam, logs, checkpoints.
+
+``Trainer`` owns everything that changes while a model trains (optimiser, step and epoch
+counters, random-number state, history) and can write all of it to one safetensors
+checkpoint and read it back, so that ``resume`` continues a run where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .model import ELBOTerms, MultiFacetVAE
+from .schedule import ProgressiveSchedule
+from .serialization import optimizer_from_tensors, optimizer_to_tensors, read_safetensors, write_safetensors
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.csv"
+GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many encoded inputs
+
+
+def iterate_batches(x: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """Consecutive mini-batches of ``x`` moved to ``device``."""
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def map_batches(fn: Callable[[torch.Tensor], list[torch.Tensor]], x: torch.Tensor, batch_size: int,
+                device: torch.device) -> list[torch.Tensor]:
+    """Apply ``fn`` (returning a list of tensors) batch-wise and concatenate each output on the CPU."""
+    outputs = [[t.cpu() for t in fn(xb)] for xb in iterate_batches(x, batch_size, device)]
+    return [torch.cat(parts) for parts in zip(*outputs)]
+
+
+@torch.no_grad()
+def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: int, device: torch.device,
+                      facets: list[int] | None = None) -> None:
+    """Place each facet's component means among the encoded training data (SPEC section 6).
+
+    ``gmm``: the means of a diagonal GaussianMixture fitted to the posterior means of z_j.
+    ``random``: K_j posterior means of randomly chosen inputs. Variances and weights keep
+    their initial values (0.01, uniform).
+    """
+    rng = np.random.default_rng(seed)
+    if len(x) > GMM_MAX_POINTS:
+        x = x[torch.from_numpy(np.sort(rng.choice(len(x), GMM_MAX_POINTS, replace=False)))]
+    means = map_batches(lambda xb: [m for m, _ in model.encode(xb)], x, 1024, device)
+    for j in range(model.n_facets) if facets is None else facets:
+        prior, z = model.priors[j], means[j]
+        z = z.double().numpy()
+        if method == "gmm":
+            centres = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(z).means_
+        else:
+            centres = z[rng.choice(len(z), prior.n_clusters, replace=False)]
+        prior.set_means(torch.from_numpy(centres))
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: MultiFacetVAE,
+        cfg: TrainConfig,
+        n_samples: int,
+        device: torch.device,
+        run_dir: str | Path | None = None,
+        verbose: bool = True,
+        metadata: dict | None = None,
+    ):
+        self.model, self.cfg, self.device, self.verbose = model, cfg, device, verbose
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.metadata = metadata or {}  # stored in every checkpoint (the estimator's parameters)
+        self.steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
+        self.schedule = ProgressiveSchedule.from_config(cfg, model.n_facets, self.steps_per_epoch)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.epoch, self.step, self.history = 0, 0, []
+
+    def pretrain(self, x: torch.Tensor, epochs: int) -> None:
+        """Warm up encoder and decoder as a plain autoencoder (z = posterior mean, every rung on).
+
+        Beyond the paper: the mixture initialisation then clusters embeddings that already
+        describe the data, instead of an untrained encoder's near-constant output.
+        """
+        self.model.train()
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
+        ones = torch.ones(self.model.n_facets, device=self.device)
+        for _ in tqdm(range(epochs), desc="warm-up", disable=not self.verbose, unit="epoch"):
+            for batch_idx in torch.randperm(len(x), generator=self.shuffle).split(self.cfg.batch_size):
+                xb = x[batch_idx].to(self.device, non_blocking=True)
+                means = [m for m, _ in self.model.encode(xb)]
+                loss = -self.model.likelihood.log_prob(self.model.decode(means, ones), xb).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+    # --- the loop ------------------------------------------------------------------
+    def run(self, x: torch.Tensor) -> list[dict]:
+        """Train until ``cfg.epochs`` epochs are done; returns the per-epoch history."""
+        total = self.cfg.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=self.step, disable=not self.verbose, unit="batch", dynamic_ncols=True)
+        writer = self._tensorboard()
+        try:
+            while self.epoch < self.cfg.epochs:
+                bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+                row = self._train_epoch(x, bar)
+                self.epoch += 1
+                self.history.append(row)
+                self._log(row, writer)
+                if self.run_dir is not None:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self.run_dir is not None:
+                self.save_checkpoint()
+                bar.write(f"interrupted: checkpoint written to {self.run_dir / CHECKPOINT_FILE}")
+            raise
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        return self.history
+
+    def _train_epoch(self, x: torch.Tensor, bar: tqdm) -> dict:
+        self._refit_starting_facets(x)
+        self.model.train()
+        start = time.perf_counter()
+        order = torch.randperm(len(x), generator=self.shuffle)
+        sums: dict[str, float] = {}
+        for i, batch_idx in enumerate(order.split(self.cfg.batch_size)):
+            xb = x[batch_idx].to(self.device, non_blocking=True)
+            weights = self.schedule.weights(self.step).to(self.device)
+            terms = self.model.elbo_terms(xb, alphas=weights)
+            loss = -terms.elbo(gammas=weights, free_bits=self.cfg.free_bits).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
+                    "try a smaller lr or check the inputs"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            _accumulate(sums, terms, loss, len(xb))
+            bar.update(1)
+            if i % 10 == 0:
+                n = sums["n"]
+                bar.set_postfix(elbo=f"{sums['elbo'] / n:.1f}", rec=f"{sums['reconstruction'] / n:.1f}",
+                                kl="/".join(f"{sums[f'kl_{j}'] / n:.2f}" for j in range(self.model.n_facets)))
+        row = {k: v / sums["n"] for k, v in sums.items() if k != "n"}
+        row.update(epoch=self.epoch + 1, step=self.step, seconds=time.perf_counter() - start)
+        for j, w in enumerate(self.schedule.weights(self.step).tolist()):
+            row[f"weight_{j}"] = w
+        return row
+
+    def _refit_starting_facets(self, x: torch.Tensor) -> None:
+        """With ``refit_on_stage``: re-initialise the mixture of a facet whose stage starts now,
+        on what the encoder (trained by the earlier stages) makes of the data."""
+        if not (self.cfg.refit_on_stage and self.schedule.enabled):
+            return
+        starting = [self.schedule.facet_of_stage(s) for s, start in enumerate(self.schedule.stage_starts)
+                    if s > 0 and start == self.step]
+        if starting:
+            self.model.eval()
+            initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting)
+
+    # --- logs ----------------------------------------------------------------------
+    def _tensorboard(self):
+        if self.run_dir is None:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log(self, row: dict, writer) -> None:
+        if self.run_dir is None:
+            return
+        path = self.run_dir / METRICS_FILE
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                out.writeheader()
+            out.writerow(row)
+        if writer is not None:
+            for key, value in row.items():
+                writer.add_scalar(key, value, row["epoch"])
+
+    # --- checkpoints ---------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        assert self.run_dir is not None
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        optim_tensors, optim_meta = optimizer_to_tensors(self.optimizer)
+        tensors.update(optim_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.shuffle"] = self.shuffle.get_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {"epoch": self.epoch, "step": self.step, "history": self.history,
+                "optimizer": optim_meta, "estimator": self.metadata}
+        path = self.run_dir / CHECKPOINT_FILE
+        write_safetensors(path, tensors, meta)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        tensors, meta = read_safetensors(Path(path))
+        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.shuffle.set_state(tensors["rng.shuffle"])
+        if "rng.cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+
+
+def read_checkpoint_metadata(path: str | Path) -> dict:
+    """The estimator parameters stored in a checkpoint (to rebuild the estimator on resume)."""
+    return read_safetensors(Path(path))[1]["estimator"]
+
+
+def _accumulate(sums: dict[str, float], terms: ELBOTerms, loss: torch.Tensor, n: int) -> None:
+    """Add one batch's (size-weighted) ELBO terms to the epoch's running sums."""
+    with torch.no_grad():
+        values = {"loss": loss.item() * n, "elbo": terms.elbo().sum().item(),
+                  "reconstruction": terms.reconstruction.sum().item()}
+        kl = terms.kl().sum(0)
+        for name in ("log_p_z", "log_p_c", "log_q_z", "log_q_c"):
+            for j, v in enumerate(getattr(terms, name).sum(0).tolist()):
+                values[f"{name}_{j}"] = v
+        for j, v in enumerate(kl.tolist()):
+            values[f"kl_{j}"] = v
+    for key, value in values.items():
+        sums[key] = sums.get(key, 0.0) + value
+    sums["n"] = sums.get("n", 0) + n

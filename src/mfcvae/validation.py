@@ -1,0 +1,56 @@
+"""Input checks at the public boundary: every user array passes through ``check_inputs``.
+
+Errors name the problem (type, rank, emptiness, NaN/inf, value range, shape mismatch) so
+a mistake is caught before any training time is spent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def check_inputs(
+    X: object,
+    *,
+    name: str = "X",
+    input_shape: tuple[int, ...] | None = None,
+    unit_interval: bool = False,
+) -> np.ndarray:
+    """Return X as a float32 array of shape (N, D), (N, H, W) or (N, C, H, W).
+
+    ``input_shape``: the per-example shape X must have (a fitted model's).
+    ``unit_interval``: require values in [0, 1] (the Bernoulli likelihood).
+    """
+    if torch.is_tensor(X):
+        X = X.detach().cpu().numpy()
+    if not isinstance(X, np.ndarray):
+        try:
+            X = np.asarray(X)
+        except (ValueError, TypeError) as err:
+            raise TypeError(f"{name} must be an array-like of numbers: {err}") from err
+    if X.dtype == bool:
+        X = X.astype(np.float32)
+    if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if X.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"{name} must have shape (N, D), (N, H, W) or (N, C, H, W); got {X.ndim} dimension(s) {X.shape}"
+        )
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 examples)")
+    if 0 in X.shape[1:]:
+        raise ValueError(f"{name} has an empty feature dimension: shape {X.shape}")
+    if input_shape is not None and tuple(X.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"{name} has examples of shape {tuple(X.shape[1:])}, but the model was fitted on {tuple(input_shape)}"
+        )
+    X = np.asarray(X, dtype=np.float32)
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if unit_interval and (X.min() < 0 or X.max() > 1):
+        hint = " (images stored as 0..255? divide by 255)" if X.max() > 1 else ""
+        raise ValueError(
+            f"{name} has values in [{X.min():g}, {X.max():g}] but the Bernoulli likelihood needs [0, 1]{hint}"
+        )
+    return X

@@ -1,0 +1,451 @@
+"""The scikit-learn style MFCVAE estimator: shapes and ranges of every output, determinism,
+persistence, checkpoint/resume and the input validation at its public boundary."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from mfcvae import MFCVAE
+from mfcvae import train as train_module
+from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE
+
+N_CLUSTERS = (4, 3)
+LATENT_DIMS = (2, 3)
+
+
+def metrics_rows(run_dir) -> list[dict]:
+    with open(run_dir / METRICS_FILE, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- outputs of a fitted model ----------------------------------------------------------------
+
+def test_fit_returns_self_and_records_history(tiny_estimator, X):
+    est = tiny_estimator(epochs=1)
+    assert est.fit(X) is est
+    assert len(est.history_) == 1
+    assert est.input_shape_ == X.shape[1:]
+    assert np.isfinite(est.history_[0]["elbo"])
+
+
+def test_predict_gives_one_cluster_id_per_facet(fitted, X):
+    labels = fitted.predict(X)
+    assert labels.shape == (len(X), 2)
+    assert np.issubdtype(labels.dtype, np.integer)
+    for j, k in enumerate(N_CLUSTERS):
+        assert labels[:, j].min() >= 0 and labels[:, j].max() < k
+
+
+def test_predict_proba_rows_are_distributions_and_argmax_is_predict(fitted, X):
+    proba = fitted.predict_proba(X)
+    assert isinstance(proba, list) and [p.shape for p in proba] == [(len(X), k) for k in N_CLUSTERS]
+    for p in proba:
+        assert np.all(p >= 0)
+        np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.stack([p.argmax(1) for p in proba], 1), fitted.predict(X))
+
+
+def test_predict_is_batch_independent(fitted, X):
+    """A row's prediction must not depend on which other rows are in the call."""
+    full = fitted.predict_proba(X)
+    part = fitted.predict_proba(X[10:17])
+    for a, b in zip(full, part):
+        np.testing.assert_allclose(a[10:17], b, atol=1e-5)
+
+
+def test_transform_gives_posterior_means_per_facet(fitted, X):
+    z = fitted.transform(X)
+    assert [a.shape for a in z] == [(len(X), d) for d in LATENT_DIMS]
+    assert all(np.isfinite(a).all() for a in z)
+
+
+def test_reconstruct_has_the_input_shape_and_range(fitted, X):
+    rec = fitted.reconstruct(X[:20])
+    assert rec.shape == X[:20].shape
+    assert rec.min() >= 0 and rec.max() <= 1  # Bernoulli means
+
+
+@pytest.mark.parametrize("shape", [(192,), (8, 24)], ids=["N,D", "N,H,W"])
+def test_fit_and_reconstruct_flat_and_single_channel_inputs(tiny_estimator, X, shape):
+    Xs = X.reshape(len(X), *shape)
+    est = tiny_estimator(epochs=1).fit(Xs)
+    assert est.reconstruct(Xs[:5]).shape == (5, *shape)
+    assert est.predict(Xs).shape == (len(X), 2)
+
+
+def test_fit_accepts_a_torch_tensor(tiny_estimator, X):
+    est = tiny_estimator(epochs=1).fit(torch.from_numpy(X))
+    assert est.predict(torch.from_numpy(X[:4])).shape == (4, 2)
+
+
+def test_sample_shapes_and_controlled_generation(fitted, X):
+    out = fitted.sample(7)
+    assert out.shape == (7, *X.shape[1:])
+    assert out.min() >= 0 and out.max() <= 1
+    assert fitted.sample(5, facet=0, cluster=3).shape == (5, *X.shape[1:])
+    assert fitted.sample(5, facet=1, cluster=2, temperature=0.3).shape == (5, *X.shape[1:])
+
+
+def test_sample_is_seeded(fitted):
+    np.testing.assert_array_equal(fitted.sample(4, seed=1), fitted.sample(4, seed=1))
+    assert not np.allclose(fitted.sample(4, seed=1), fitted.sample(4, seed=2))
+
+
+def test_sample_from_a_cluster_differs_between_clusters(fitted):
+    """Controlled generation must actually use the requested cluster of the top facet."""
+    a = fitted.sample(50, facet=1, cluster=0, temperature=0.0, seed=0)
+    b = fitted.sample(50, facet=1, cluster=1, temperature=0.0, seed=0)
+    assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(n=0), "n must be"),
+    (dict(n=3, cluster=1), "cluster needs facet"),
+    (dict(n=3, facet=2, cluster=0), "facet"),
+    (dict(n=3, facet=0, cluster=4), "clusters 0..3"),
+    (dict(n=3, facet=1, cluster=-1), "clusters 0..2"),
+])
+def test_sample_rejects_bad_arguments(fitted, kw, match):
+    with pytest.raises(ValueError, match=match):
+        fitted.sample(**kw)
+
+
+def test_compose_with_itself_is_the_reconstruction(fitted, X):
+    """Swapping a facet's latent with the same input's latent changes nothing."""
+    for facet in (0, 1):
+        np.testing.assert_allclose(fitted.compose(X[:9], X[:9], facet=facet), fitted.reconstruct(X[:9]), atol=1e-6)
+
+
+def test_compose_swaps_exactly_one_facet(fitted, X):
+    """compose(X_a, X_b, j) decodes X_a's latents with facet j's replaced by X_b's, row by row."""
+    xa, xb = X[:6], X[100:106]
+    out = fitted.compose(xa, xb, facet=1)
+    assert out.shape == xa.shape
+    za, zb = fitted.transform(xa), fitted.transform(xb)
+    with torch.no_grad():
+        manual = fitted.model_.likelihood.mean(fitted.model_.decode([torch.from_numpy(za[0]), torch.from_numpy(zb[1])]))
+    np.testing.assert_allclose(out, manual.numpy(), atol=1e-6)
+    assert not np.allclose(out, fitted.reconstruct(xa), atol=1e-4)
+
+
+def test_compose_rejects_mismatched_inputs(fitted, X):
+    with pytest.raises(ValueError, match="same number"):
+        fitted.compose(X[:3], X[:4], facet=0)
+    with pytest.raises(ValueError, match="facet"):
+        fitted.compose(X[:3], X[:3], facet=2)
+    with pytest.raises(ValueError, match="X_b"):
+        fitted.compose(X[:3], X[:3].reshape(3, -1), facet=0)
+
+
+def test_score_is_finite_and_repeatable_and_leaves_global_rng_alone(fitted, X):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    s1 = fitted.score(X)
+    assert torch.equal(torch.get_rng_state(), before), "score must not consume the caller's RNG"
+    s2 = fitted.score(X)
+    assert np.isfinite(s1) and s1 < 0
+    assert s1 == s2
+
+
+def test_cluster_weights_are_distributions(fitted):
+    weights = fitted.cluster_weights_
+    assert [w.shape for w in weights] == [(k,) for k in N_CLUSTERS]
+    for w in weights:
+        np.testing.assert_allclose(w.sum(), 1.0, atol=1e-6)
+
+
+def test_evaluate_reports_every_facet_label_pair(fitted, shapes_data):
+    X, labels = shapes_data
+    rows = fitted.evaluate(X, labels)
+    assert {(r["facet"], r["label"]) for r in rows} == {(j, name) for j in (0, 1) for name in labels}
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    with pytest.raises(TypeError, match="dict"):
+        fitted.evaluate(X, labels["shape"])
+
+
+def test_estimator_is_sklearn_clonable(fitted):
+    """BaseEstimator contract: get_params round-trips and clone gives an unfitted copy."""
+    copy = clone(fitted)
+    assert copy.get_params() == fitted.get_params()
+    assert not hasattr(copy, "model_")
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+def test_same_seed_gives_identical_fits_and_restores_global_rng(tiny_estimator, X, fitted):
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    again = tiny_estimator().fit(X)
+    assert torch.equal(torch.get_rng_state(), before), "fit must not consume the caller's RNG"
+    np.testing.assert_array_equal(again.predict(X), fitted.predict(X))
+    for a, b in zip(again.predict_proba(X), fitted.predict_proba(X)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_seed_gives_a_different_model(tiny_estimator, X, fitted):
+    other = tiny_estimator(seed=1).fit(X)
+    assert not all(np.allclose(a, b, atol=1e-3) for a, b in zip(other.predict_proba(X), fitted.predict_proba(X)))
+
+
+def test_other_model_options_fit_and_predict(tiny_estimator, X):
+    """Full covariances, the one-sample posterior, a Gaussian likelihood, fixed weights, random init,
+    no progressive training: the combination trains and predicts, and fixed weights stay uniform."""
+    est = tiny_estimator(covariance="full", posterior="mc", likelihood="gaussian", likelihood_scale=0.5,
+                         learn_weights=False, init="random", progressive=False, epochs=1).fit(X)
+    assert est.predict(X).shape == (len(X), 2)
+    for w, k in zip(est.cluster_weights_, N_CLUSTERS):
+        np.testing.assert_allclose(w, np.full(k, 1 / k), atol=1e-7)
+    assert np.isfinite(est.score(X))
+
+
+# --- persistence ------------------------------------------------------------------------------
+
+def test_save_load_round_trip_gives_identical_outputs(fitted, X, tmp_path):
+    fitted.save(tmp_path / "model")
+    loaded = MFCVAE.load(tmp_path / "model", device="cpu")
+    np.testing.assert_array_equal(loaded.predict(X), fitted.predict(X))
+    for a, b in zip(loaded.predict_proba(X), fitted.predict_proba(X)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(loaded.transform(X), fitted.transform(X)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(loaded.sample(3), fitted.sample(3))
+    assert loaded.input_shape_ == fitted.input_shape_
+    assert loaded.history_ == fitted.history_
+    params = fitted.get_params()
+    assert {k: v for k, v in loaded.get_params().items() if k != "device"} == {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items() if k != "device"}
+
+
+def test_load_missing_folder_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        MFCVAE.load(tmp_path / "nothing-here")
+
+
+def test_load_corrupt_weights_raises_value_error(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        MFCVAE.load(tmp_path / "m")
+
+
+def test_load_foreign_config_raises_value_error(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ValueError, match="not an mfcvae"):
+        MFCVAE.load(tmp_path / "m")
+
+
+@pytest.mark.parametrize("method, args", [
+    ("predict", ("X",)), ("predict_proba", ("X",)), ("transform", ("X",)), ("reconstruct", ("X",)),
+    ("score", ("X",)), ("sample", (3,)), ("compose", ("X", "X", 0)), ("save", ("PATH",)),
+])
+def test_methods_before_fit_raise_not_fitted(tiny_estimator, X, tmp_path, method, args):
+    est = tiny_estimator()
+    args = tuple(X if a == "X" else tmp_path / "m" if a == "PATH" else a for a in args)
+    with pytest.raises(NotFittedError):
+        getattr(est, method)(*args)
+
+
+# --- checkpoints and resume -------------------------------------------------------------------
+
+def test_run_dir_holds_metrics_checkpoint_and_model(tiny_estimator, X, tmp_path):
+    est = tiny_estimator().fit(X, run_dir=tmp_path)
+    rows = metrics_rows(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert (tmp_path / CHECKPOINT_FILE).is_file()
+    np.testing.assert_array_equal(MFCVAE.load(tmp_path, device="cpu").predict(X), est.predict(X))
+
+
+def test_fresh_fit_in_an_old_run_dir_forgets_the_old_logs(tiny_estimator, X, tmp_path):
+    tiny_estimator().fit(X, run_dir=tmp_path)
+    tiny_estimator(epochs=1).fit(X, run_dir=tmp_path)
+    assert len(metrics_rows(tmp_path)) == 1
+
+
+def test_resume_with_more_epochs_equals_a_straight_run(tiny_estimator, X, tmp_path):
+    """fit(epochs=2) then resume to epochs=4 must give exactly the model a 4-epoch run gives
+    (CPU training is deterministic and the checkpoint stores optimiser and RNG state)."""
+    tiny_estimator(epochs=2).fit(X, run_dir=tmp_path)
+    resumed = tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True)
+    assert len(resumed.history_) == 4
+    assert [int(r["epoch"]) for r in metrics_rows(tmp_path)] == [1, 2, 3, 4]
+    straight = tiny_estimator(epochs=4).fit(X)
+    np.testing.assert_array_equal(resumed.predict(X), straight.predict(X))
+    for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_more_epochs_equals_a_straight_run_without_progressive_training(tiny_estimator, X, tmp_path):
+    """As above with progressive=False, where the schedule cannot depend on the epoch count: this
+    isolates the optimiser / RNG / shuffling restoration."""
+    tiny_estimator(epochs=2, progressive=False).fit(X, run_dir=tmp_path)
+    resumed = tiny_estimator(epochs=4, progressive=False).fit(X, run_dir=tmp_path, resume=True)
+    assert len(resumed.history_) == 4 and len(metrics_rows(tmp_path)) == 4
+    straight = tiny_estimator(epochs=4, progressive=False).fit(X)
+    for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
+    """Raise KeyboardInterrupt at the start of epoch ``at_epoch`` (0-based) or, with ``at_batch``,
+    just before that batch's optimiser step."""
+    original_epoch = train_module.Trainer._train_epoch
+    original_step = torch.optim.Adam.step
+    state = {"trainer": None, "in_epoch": 0}
+
+    def train_epoch(self, *args, **kwargs):
+        state["trainer"], state["in_epoch"] = self, 0
+        if at_batch is None and self.epoch == at_epoch:
+            raise KeyboardInterrupt
+        return original_epoch(self, *args, **kwargs)
+
+    def step(self, *args, **kwargs):
+        trainer = state["trainer"]
+        if at_batch is not None and trainer is not None and trainer.epoch == at_epoch and state["in_epoch"] == at_batch:
+            raise KeyboardInterrupt
+        state["in_epoch"] += 1
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_module.Trainer, "_train_epoch", train_epoch)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+
+
+def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch):
+    """Ctrl-C writes a checkpoint; resuming with the same parameters finishes the same run."""
+    with monkeypatch.context() as m:
+        _interrupt(m, at_epoch=2)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_estimator(epochs=4).fit(X, run_dir=tmp_path)
+    assert len(metrics_rows(tmp_path)) == 2
+    resumed = tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True)
+    straight = tiny_estimator(epochs=4).fit(X)
+    assert [h["step"] for h in resumed.history_] == [h["step"] for h in straight.history_]
+    for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_ctrl_c_mid_epoch_keeps_the_step_count(tiny_estimator, X, tmp_path, monkeypatch):
+    """An interrupt in the middle of an epoch must not leave a checkpoint that, resumed, trains more
+    mini-batches than the run has (which would also shift the progressive schedule)."""
+    with monkeypatch.context() as m:
+        _interrupt(m, at_epoch=2, at_batch=2)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_estimator(epochs=4).fit(X, run_dir=tmp_path)
+    resumed = tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True)
+    straight = tiny_estimator(epochs=4).fit(X)
+    assert [h["step"] for h in resumed.history_] == [h["step"] for h in straight.history_]
+    assert [int(r["epoch"]) for r in metrics_rows(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_resume_with_changed_structure_raises(tiny_estimator, X, tmp_path):
+    tiny_estimator(epochs=1).fit(X, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="n_clusters"):
+        tiny_estimator(epochs=2, n_clusters=(5, 3)).fit(X, run_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="lr"):
+        tiny_estimator(epochs=2, lr=0.01).fit(X, run_dir=tmp_path, resume=True)
+
+
+def test_resume_needs_a_run_dir_with_a_checkpoint(tiny_estimator, X, tmp_path):
+    with pytest.raises(ValueError, match="run_dir"):
+        tiny_estimator().fit(X, resume=True)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        tiny_estimator().fit(X, run_dir=tmp_path / "empty", resume=True)
+
+
+# --- input validation -------------------------------------------------------------------------
+
+def _with(X, fn):
+    X = X.copy()
+    fn(X)
+    return X
+
+
+BAD_INPUTS = {
+    "nan": (lambda X: _with(X, lambda a: a.__setitem__((0, 0, 0, 0), np.nan)), ValueError, "NaN"),
+    "inf": (lambda X: _with(X, lambda a: a.__setitem__((1, 2, 3, 4), np.inf)), ValueError, "infinite"),
+    "1-D": (lambda X: X.reshape(-1), ValueError, "shape"),
+    "5-D": (lambda X: X[:, None], ValueError, "dimension"),
+    "empty": (lambda X: X[:0], ValueError, "empty"),
+    "above one": (lambda X: X * 255, ValueError, r"\[0, 1\]"),
+    "negative": (lambda X: X - 0.5, ValueError, r"\[0, 1\]"),
+    "strings": (lambda X: np.array([["a", "b"], ["c", "d"]]), TypeError, "real numbers"),
+    "ragged": (lambda X: [[0.1, 0.2], [0.3]], TypeError, "array-like"),
+    "fewer rows than clusters": (lambda X: X[:3], ValueError, "clusters"),
+    "empty feature dim": (lambda X: np.zeros((5, 0)), ValueError, "empty feature"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_fit_rejects_bad_inputs_with_a_message(tiny_estimator, X, name):
+    make, error, match = BAD_INPUTS[name]
+    with pytest.raises(error, match=match):
+        tiny_estimator().fit(make(X))
+
+
+BAD_PARAMS = {
+    "facet count mismatch": (dict(n_clusters=(4, 3, 2)), "n_clusters and latent_dims"),
+    "hidden_dims length": (dict(hidden_dims=(32,)), "hidden_dims"),
+    "zero clusters": (dict(n_clusters=(0, 3)), "n_clusters"),
+    "negative latent": (dict(latent_dims=(2, -1)), "latent_dims"),
+    "zero hidden": (dict(hidden_dims=(0, 64)), "hidden_dims"),
+    "float clusters": (dict(n_clusters=(2.5, 3)), "n_clusters"),
+    "zero epochs": (dict(epochs=0), "epochs"),
+    "zero batch": (dict(batch_size=0), "batch_size"),
+    "negative lr": (dict(lr=-1.0), "lr"),
+    "covariance": (dict(covariance="spherical"), "covariance"),
+    "likelihood": (dict(likelihood="poisson"), "likelihood"),
+    "likelihood_scale": (dict(likelihood="gaussian", likelihood_scale=0.0), "likelihood_scale"),
+    "posterior": (dict(posterior="approx"), "posterior"),
+    "architecture": (dict(architecture="transformer"), "architecture"),
+    "init": (dict(init="kmeans"), "init"),
+    "device": (dict(device="banana"), "device"),
+    "stage_epochs sum": (dict(stage_epochs=(1, 2)), "stage_epochs"),
+    "fade_fraction": (dict(fade_fraction=2.0), "fade_fraction"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_PARAMS))
+def test_fit_rejects_bad_parameters_with_a_message(tiny_estimator, X, name):
+    params, match = BAD_PARAMS[name]
+    with pytest.raises(ValueError, match=match):
+        tiny_estimator(**params).fit(X)
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_fit_rejects_devices_other_than_cpu_and_cuda(tiny_estimator, X, device):
+    """The documented choices are 'auto', 'cpu' and 'cuda[:i]'; other torch device types must fail
+    up front with a ValueError naming the device, not deep inside training."""
+    with pytest.raises(ValueError, match="device"):
+        tiny_estimator(device=device, epochs=1).fit(X[:20])
+
+
+def test_bad_parameters_fail_before_training(tiny_estimator, X, monkeypatch):
+    """Validation happens before any optimisation work starts."""
+    monkeypatch.setattr(train_module.Trainer, "run", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError):
+        tiny_estimator(covariance="nope").fit(X)
+
+
+def test_predict_rejects_wrong_feature_shape(fitted, X):
+    with pytest.raises(ValueError, match=r"shape \(192,\).*fitted on \(3, 8, 8\)"):
+        fitted.predict(X.reshape(len(X), -1))
+    with pytest.raises(ValueError, match="fitted on"):
+        fitted.transform(X[:, :2])
+
+
+def test_predict_rejects_nan_and_strings(fitted, X):
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(_with(X[:4], lambda a: a.__setitem__((0, 0, 0, 0), np.nan)))
+    with pytest.raises(TypeError, match="real numbers"):
+        fitted.predict(np.full((2, 3, 8, 8), "x"))
+
+
+def test_predict_does_not_require_unit_interval(fitted, X):
+    """Only training enforces the Bernoulli range; predicting on out-of-range data still works."""
+    assert fitted.predict(X[:4] * 2).shape == (4, 2)
