@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models and small data so the whole suite runs in about a minute on CPU."""
+"""Shared fixtures: tiny models and small data, so the whole suite runs in seconds on CPU."""
 
 from __future__ import annotations
 

@@ -268,17 +268,26 @@ def test_fresh_fit_in_an_old_run_dir_forgets_the_old_logs(tiny_estimator, X, tmp
     assert len(metrics_rows(tmp_path)) == 1
 
 
-def test_resume_with_more_epochs_equals_a_straight_run(tiny_estimator, X, tmp_path):
-    """fit(epochs=2) then resume to epochs=4 must give exactly the model a 4-epoch run gives
-    (CPU training is deterministic and the checkpoint stores optimiser and RNG state)."""
-    tiny_estimator(epochs=2).fit(X, run_dir=tmp_path)
+def test_resume_with_more_epochs_lengthens_the_last_stage(tiny_estimator, X, tmp_path):
+    """fit(epochs=2) then resume to epochs=4 keeps the 2-epoch run's schedule (stage 1 starts after
+    epoch 1, its fade as long as it was) and trains two more epochs in the last stage: exactly the
+    model a straight run with that schedule gives (CPU training is deterministic and the checkpoint
+    stores optimiser, RNG and schedule)."""
+    first = tiny_estimator(epochs=2).fit(X, run_dir=tmp_path)
+    steps_per_epoch = first.history_[0]["step"]
     resumed = tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True)
     assert len(resumed.history_) == 4
     assert [int(r["epoch"]) for r in metrics_rows(tmp_path)] == [1, 2, 3, 4]
-    straight = tiny_estimator(epochs=4).fit(X)
+    straight = tiny_estimator(epochs=4, stage_epochs=(1, 3), fade_steps=round(0.5 * steps_per_epoch)).fit(X)
     np.testing.assert_array_equal(resumed.predict(X), straight.predict(X))
     for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_fewer_epochs_than_done_raises(tiny_estimator, X, tmp_path):
+    tiny_estimator(epochs=3).fit(X, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="epochs=2"):
+        tiny_estimator(epochs=2).fit(X, run_dir=tmp_path, resume=True)
 
 
 def test_resume_with_more_epochs_equals_a_straight_run_without_progressive_training(tiny_estimator, X, tmp_path):
@@ -316,15 +325,19 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
     monkeypatch.setattr(torch.optim.Adam, "step", step)
 
 
-def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch):
-    """Ctrl-C writes a checkpoint; resuming with the same parameters finishes the same run."""
+@pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1)],
+                         ids=["paper", "with-remedies"])
+def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
+                                                                       extra):
+    """Ctrl-C writes a checkpoint; resuming with the same parameters finishes the same run. The
+    interrupt falls on the start of stage 1 (epoch 3 of 4), where refit_on_stage re-fits facet 0."""
     with monkeypatch.context() as m:
         _interrupt(m, at_epoch=2)
         with pytest.raises(KeyboardInterrupt):
-            tiny_estimator(epochs=4).fit(X, run_dir=tmp_path)
+            tiny_estimator(epochs=4, **extra).fit(X, run_dir=tmp_path)
     assert len(metrics_rows(tmp_path)) == 2
-    resumed = tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True)
-    straight = tiny_estimator(epochs=4).fit(X)
+    resumed = tiny_estimator(epochs=4, **extra).fit(X, run_dir=tmp_path, resume=True)
+    straight = tiny_estimator(epochs=4, **extra).fit(X)
     assert [h["step"] for h in resumed.history_] == [h["step"] for h in straight.history_]
     for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
         np.testing.assert_array_equal(a, b)
@@ -407,6 +420,8 @@ BAD_PARAMS = {
     "device": (dict(device="banana"), "device"),
     "stage_epochs sum": (dict(stage_epochs=(1, 2)), "stage_epochs"),
     "fade_fraction": (dict(fade_fraction=2.0), "fade_fraction"),
+    "free_bits": (dict(free_bits=-1.0), "free_bits"),
+    "pretrain_epochs": (dict(pretrain_epochs=-1), "pretrain_epochs"),
 }
 
 

@@ -85,6 +85,13 @@ def test_explicit_fade_steps_override_fade_fraction():
     assert sched.fade_steps == 123
 
 
+def test_default_stages_split_mini_batches_so_a_one_epoch_run_passes_every_stage():
+    sched = ProgressiveSchedule.from_config(cfg(epochs=1), n_facets=3, steps_per_epoch=10)
+    assert sched.stage_starts == (0, 3, 6)
+    assert sched.fade_steps == 2  # half of the shortest later stage (3 batches), rounded
+    torch.testing.assert_close(sched.weights(9), torch.ones(3))
+
+
 def test_single_facet_is_always_on():
     sched = ProgressiveSchedule.from_config(cfg(), 1, 10)
     assert sched.stage_starts == (0,)

@@ -37,6 +37,8 @@ def resolve_device(device: str) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}") from err
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available here")
     return resolved
@@ -267,10 +269,11 @@ class MFCVAE(BaseEstimator):
         self._check_fitted()
         if not (isinstance(n, (int, np.integer)) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        if cluster is not None:
-            if facet is None:
-                raise ValueError("cluster needs facet: say which facet's cluster to sample from")
+        if cluster is not None and facet is None:
+            raise ValueError("cluster needs facet: say which facet's cluster to sample from")
+        if facet is not None:
             self._check_facet(facet)
+        if cluster is not None:
             if not 0 <= cluster < self.model_.cfg.n_clusters[facet]:
                 raise ValueError(f"facet {facet} has clusters 0..{self.model_.cfg.n_clusters[facet] - 1}, got {cluster}")
         generator = torch.Generator(self._device).manual_seed(self.seed if seed is None else seed)

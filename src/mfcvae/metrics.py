@@ -54,6 +54,8 @@ def evaluate_assignments(assignments: np.ndarray, labels: dict[str, np.ndarray])
     ``assignments``: (N, J) cluster ids; ``labels``: name -> (N,) array.
     """
     assignments = np.asarray(assignments)
+    if assignments.ndim != 2:
+        raise ValueError(f"assignments must be (N, J) cluster ids, got shape {assignments.shape}")
     if not labels:
         raise ValueError("labels is empty: pass a dict of label name -> (N,) array")
     rows = []

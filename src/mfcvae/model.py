@@ -78,8 +78,14 @@ class MultiFacetVAE(nn.Module):
         ]
 
     def cluster_log_posteriors(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[log q(c_j|x)] per facet, each (N, K_j), with z at the posterior mean (for prediction)."""
-        return [prior.cluster_log_posterior(m, v) for prior, (m, v) in zip(self.priors, self.encode(x))]
+        """[log q(c_j|x)] per facet, each (N, K_j), for prediction: noise-free.
+
+        ``exact``: the closed form. ``mc``: the paper's evaluation, p(c|z) at z = posterior mean.
+        """
+        return [
+            prior.cluster_log_posterior(m, v, z=m if self.cfg.posterior == "mc" else None)
+            for prior, (m, v) in zip(self.priors, self.encode(x))
+        ]
 
     def decode(self, zs: list[torch.Tensor], alphas: torch.Tensor | None = None) -> torch.Tensor:
         """Raw decoder output for latents zs (one per facet); alphas default to all ones."""

@@ -51,13 +51,13 @@ class ProgressiveSchedule:
                 raise ValueError(f"stage_epochs needs one entry per facet ({n_facets}), got {cfg.stage_epochs!r}")
             if sum(cfg.stage_epochs) != cfg.epochs:
                 raise ValueError(f"stage_epochs {cfg.stage_epochs!r} must sum to epochs ({cfg.epochs})")
-            boundaries = [sum(cfg.stage_epochs[:s]) for s in range(n_facets + 1)]
-        else:
-            boundaries = [round(s * cfg.epochs / n_facets) for s in range(n_facets + 1)]
-        starts = tuple(b * steps_per_epoch for b in boundaries[:-1])
+            boundaries = [sum(cfg.stage_epochs[:s]) * steps_per_epoch for s in range(n_facets + 1)]
+        else:  # equal shares of the run's mini-batches, so even a 1-epoch run passes every stage
+            total = cfg.epochs * steps_per_epoch
+            boundaries = [s * total // n_facets for s in range(n_facets + 1)]
         if cfg.fade_steps is not None:
             fade = cfg.fade_steps
         else:
             shortest_later_stage = min((b1 - b0 for b0, b1 in zip(boundaries[1:-1], boundaries[2:])), default=0)
-            fade = round(cfg.fade_fraction * shortest_later_stage * steps_per_epoch)
-        return cls(n_facets, starts, fade)
+            fade = round(cfg.fade_fraction * shortest_later_stage)
+        return cls(n_facets, tuple(boundaries[:-1]), fade)

@@ -8,6 +8,7 @@ checkpoint and read it back, so that ``resume`` continues a run where it stopped
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -109,6 +110,8 @@ class Trainer:
         total = self.cfg.epochs * self.steps_per_epoch
         bar = tqdm(total=total, initial=self.step, disable=not self.verbose, unit="batch", dynamic_ncols=True)
         writer = self._tensorboard()
+        if self.run_dir is not None and self.epoch == 0:
+            self.save_checkpoint()  # so that a Ctrl-C during the first epoch leaves a run to resume
         try:
             while self.epoch < self.cfg.epochs:
                 bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
@@ -119,9 +122,11 @@ class Trainer:
                 if self.run_dir is not None:
                     self.save_checkpoint()
         except KeyboardInterrupt:
+            # The checkpoint on disk is the last epoch boundary; the half-done epoch is dropped so
+            # that a resumed run trains exactly the mini-batches an uninterrupted one would.
             if self.run_dir is not None:
-                self.save_checkpoint()
-                bar.write(f"interrupted: checkpoint written to {self.run_dir / CHECKPOINT_FILE}")
+                bar.write(f"interrupted: {self.run_dir / CHECKPOINT_FILE} holds epoch {self.epoch}; "
+                          "fit again with resume=True (CLI: --resume) to continue")
             raise
         finally:
             bar.close()
@@ -130,12 +135,12 @@ class Trainer:
         return self.history
 
     def _train_epoch(self, x: torch.Tensor, bar: tqdm) -> dict:
-        self._refit_starting_facets(x)
-        self.model.train()
         start = time.perf_counter()
         order = torch.randperm(len(x), generator=self.shuffle)
         sums: dict[str, float] = {}
         for i, batch_idx in enumerate(order.split(self.cfg.batch_size)):
+            self._refit_starting_facets(x)
+            self.model.train()
             xb = x[batch_idx].to(self.device, non_blocking=True)
             weights = self.schedule.weights(self.step).to(self.device)
             terms = self.model.elbo_terms(xb, alphas=weights)
@@ -207,8 +212,8 @@ class Trainer:
         tensors["rng.shuffle"] = self.shuffle.get_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        meta = {"epoch": self.epoch, "step": self.step, "history": self.history,
-                "optimizer": optim_meta, "estimator": self.metadata}
+        meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": optim_meta,
+                "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata}
         path = self.run_dir / CHECKPOINT_FILE
         write_safetensors(path, tensors, meta)
         return path
@@ -223,6 +228,17 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        # The run keeps the schedule it started with: a resume that asks for more epochs
+        # lengthens the last stage instead of moving stage boundaries already passed.
+        saved = meta["schedule"]
+        self.schedule = ProgressiveSchedule(saved["n_facets"], tuple(saved["stage_starts"]), saved["fade_steps"],
+                                            saved["enabled"])
+        if self.cfg.epochs < self.epoch:
+            raise ValueError(f"epochs={self.cfg.epochs} is fewer than the {self.epoch} the checkpoint has done")
+        last_start = self.schedule.stage_starts[-1]
+        if self.schedule.enabled and last_start >= self.cfg.epochs * self.steps_per_epoch:
+            raise ValueError(f"epochs={self.cfg.epochs} ends before this run's last stage starts "
+                             f"(epoch {last_start // self.steps_per_epoch + 1}); ask for more epochs")
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict:
