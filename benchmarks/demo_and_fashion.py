@@ -86,7 +86,7 @@ def main() -> None:
 
     results = []
     if args.only in (None, "demo"):
-        x, labels = make_shapes(6000, seed=0)
+        x, labels = make_shapes(seed=0)
         results += [run("demo shapes", x, labels, load_preset("demo"), s) for s in args.seeds]
     if args.only in (None, "fashion"):
         if not FASHION_DIR.is_dir():

@@ -4,6 +4,7 @@ persistence, checkpoint/resume and the input validation at its public boundary."
 from __future__ import annotations
 
 import csv
+import signal
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sklearn.exceptions import NotFittedError
 
 from mfcvae import MFCVAE
 from mfcvae import train as train_module
+from mfcvae.serialization import read_safetensors
 from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE
 
 N_CLUSTERS = (4, 3)
@@ -22,6 +24,10 @@ LATENT_DIMS = (2, 3)
 def metrics_rows(run_dir) -> list[dict]:
     with open(run_dir / METRICS_FILE, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def read_checkpoint(run_dir) -> dict:
+    return read_safetensors(run_dir / CHECKPOINT_FILE)[1]
 
 
 # --- outputs of a fitted model ----------------------------------------------------------------
@@ -354,6 +360,34 @@ def test_resume_after_ctrl_c_mid_epoch_keeps_the_step_count(tiny_estimator, X, t
     straight = tiny_estimator(epochs=4).fit(X)
     assert [h["step"] for h in resumed.history_] == [h["step"] for h in straight.history_]
     assert [int(r["epoch"]) for r in metrics_rows(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_mid_epoch_checkpoints_that_batch_and_resume_finishes_the_same_run(tiny_estimator, X, tmp_path,
+                                                                                 monkeypatch):
+    """A real SIGINT in the middle of epoch 2: training stops after that mini-batch, the checkpoint
+    holds exactly that point (shuffle order, position, running sums), and resuming gives the model
+    and the per-epoch log an uninterrupted run gives."""
+    original_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # epoch 2 (5 mini-batches of 64 per epoch with 300 examples), batch 2
+            signal.raise_signal(signal.SIGINT)
+        return original_step(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.Adam, "step", step)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_estimator(epochs=3).fit(X, run_dir=tmp_path)
+    assert read_checkpoint(tmp_path)["step"] == 7
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    resumed = tiny_estimator(epochs=3).fit(X, run_dir=tmp_path, resume=True)
+    straight = tiny_estimator(epochs=3).fit(X)
+    for key in ("step", "elbo", "kl_0"):
+        assert [h[key] for h in resumed.history_] == pytest.approx([h[key] for h in straight.history_], rel=1e-9)
+    for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_with_changed_structure_raises(tiny_estimator, X, tmp_path):

@@ -148,16 +148,21 @@ def test_reconstruction_gradient_flows_through_mean_and_variance_heads(make_mode
             assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0, (j, head)
 
 
-def test_free_bits_floor_each_facets_kl_in_the_training_objective(make_model):
-    """elbo(free_bits=b) = reconstruction - sum_j gamma_j max(KL_j, b); free_bits=0 is the true ELBO."""
+def test_free_bits_floor_each_facets_batch_mean_kl_in_the_training_objective(make_model):
+    """mean_n elbo(free_bits=b) = mean reconstruction - sum_j gamma_j max(mean_n KL_nj, b); a facet
+    below the floor gets no KL gradient, one above it its full gradient; free_bits=0 is the ELBO."""
     model = make_model()
     terms = model.elbo_terms(inputs())
     kl = terms.kl()
-    b = float(kl.detach().median())  # some entries below, some above the floor
+    b = float(kl.mean(0).min() + kl.mean(0).max()) / 2  # one facet below the floor, one above
     gammas = torch.tensor([0.5, 1.0])
-    expected = terms.reconstruction - (torch.maximum(kl, torch.tensor(b)) * gammas).sum(1)
-    torch.testing.assert_close(terms.elbo(gammas=gammas, free_bits=b), expected)
+    expected = terms.reconstruction.mean() - (torch.maximum(kl.mean(0), torch.tensor(b)) * gammas).sum()
+    torch.testing.assert_close(terms.elbo(gammas=gammas, free_bits=b).mean(), expected)
     torch.testing.assert_close(terms.elbo(free_bits=0.0), terms.elbo())
+    low = int(kl.mean(0).argmin())
+    floored = terms.elbo(free_bits=b) - terms.reconstruction
+    grads = torch.autograd.grad(floored.sum(), [model.mean_heads[low].weight, model.mean_heads[1 - low].weight])
+    assert grads[0].abs().sum() == 0 and grads[1].abs().sum() > 0
 
 
 def test_decoder_ignores_lower_facet_when_its_alpha_is_zero(make_model):

@@ -31,7 +31,7 @@ DEMO_DATA = "demo"
 def load_data(spec: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``demo`` (the built-in shapes set) or a .npz / .npy file."""
     if spec == DEMO_DATA:
-        return make_shapes(6000, seed=0)
+        return make_shapes(seed=0)
     return load_arrays(spec)
 
 

@@ -170,9 +170,10 @@ class MFCVAE(BaseEstimator):
     def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False) -> "MFCVAE":
         """Train on X ((N, D), (N, H, W) or (N, C, H, W)); ``y`` is ignored (unsupervised).
 
-        With ``run_dir``, per-epoch metrics (metrics.csv), a checkpoint after every epoch
-        (and on Ctrl-C) and the final model are written there; ``resume=True`` continues
-        from its checkpoint.
+        With ``run_dir``, per-epoch metrics (metrics.csv), a checkpoint at every epoch
+        boundary (what a Ctrl-C leaves behind) and the final model are written there;
+        ``resume=True`` continues from the checkpoint, a larger ``epochs`` lengthening the
+        last stage of the progressive schedule.
         """
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")

@@ -38,15 +38,19 @@ class ELBOTerms:
         return self.log_q_z + self.log_q_c - self.log_p_z - self.log_p_c
 
     def elbo(self, gammas: torch.Tensor | None = None, free_bits: float = 0.0) -> torch.Tensor:
-        """reconstruction - sum_j gamma_j max(KL_j, free_bits), shape (N,).
+        """reconstruction - sum_j gamma_j KL_j, shape (N,); gamma = 1, free_bits = 0: the true ELBO.
 
-        gamma = 1 and free_bits = 0 give the true ELBO. ``free_bits`` > 0 is a training
-        objective only: a facet whose KL is below it gets no push towards its prior, which
-        keeps lower facets from collapsing onto the prior as soon as they fade in.
+        ``free_bits`` > 0 is a training objective only (Kingma et al., 2016): while facet j's
+        KL averaged over the batch is below it, the facet's KL is held at that floor with no
+        gradient, so a facet that has just faded in is not pushed onto its prior before it
+        carries information. Averaged over the batch the penalty is max(mean_n KL_nj, free_bits);
+        per example the facet's full KL gradient, clustering term included, returns as soon as
+        the batch mean clears the floor.
         """
         kl = self.kl()
         if free_bits > 0:
-            kl = kl.clamp(min=free_bits)
+            below = kl.mean(0, keepdim=True) < free_bits
+            kl = torch.where(below, torch.full_like(kl, free_bits), kl)
         if gammas is not None:
             kl = kl * gammas
         return self.reconstruction - kl.sum(1)

@@ -7,9 +7,12 @@ checkpoint and read it back, so that ``resume`` continues a run where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +29,16 @@ from .serialization import optimizer_from_tensors, optimizer_to_tensors, read_sa
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.csv"
+
+
+@dataclasses.dataclass
+class EpochProgress:
+    """Where the current epoch stands, so that a checkpoint can be taken in the middle of it."""
+
+    order: torch.Tensor  # this epoch's shuffled example indices
+    done: int = 0  # mini-batches of it already trained
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)  # running ELBO-term sums
+    seconds: float = 0.0
 GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many encoded inputs
 
 
@@ -85,6 +98,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step, self.history = 0, 0, []
+        self.progress: EpochProgress | None = None  # set while an epoch is under way
+        self._stop_requested = False
+        self._saved_step: int | None = None  # the step of the checkpoint last written
 
     def pretrain(self, x: torch.Tensor, epochs: int) -> None:
         """Warm up encoder and decoder as a plain autoencoder (z = posterior mean, every rung on).
@@ -106,27 +122,35 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------
     def run(self, x: torch.Tensor) -> list[dict]:
-        """Train until ``cfg.epochs`` epochs are done; returns the per-epoch history."""
+        """Train until ``cfg.epochs`` epochs are done; returns the per-epoch history.
+
+        Ctrl-C finishes the mini-batch in flight, writes a checkpoint of exactly that point
+        (with ``run_dir``) and raises KeyboardInterrupt; a second Ctrl-C stops at once.
+        """
         total = self.cfg.epochs * self.steps_per_epoch
         bar = tqdm(total=total, initial=self.step, disable=not self.verbose, unit="batch", dynamic_ncols=True)
         writer = self._tensorboard()
-        if self.run_dir is not None and self.epoch == 0:
-            self.save_checkpoint()  # so that a Ctrl-C during the first epoch leaves a run to resume
         try:
-            while self.epoch < self.cfg.epochs:
-                bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
-                row = self._train_epoch(x, bar)
-                self.epoch += 1
-                self.history.append(row)
-                self._log(row, writer)
-                if self.run_dir is not None:
-                    self.save_checkpoint()
+            with self._deferred_ctrl_c(bar):
+                while self.epoch < self.cfg.epochs:
+                    bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+                    row = self._train_epoch(x, bar)
+                    self.epoch += 1
+                    self.history.append(row)
+                    self._log(row, writer)
+                    if self.run_dir is not None:
+                        self.save_checkpoint()
         except KeyboardInterrupt:
-            # The checkpoint on disk is the last epoch boundary; the half-done epoch is dropped so
-            # that a resumed run trains exactly the mini-batches an uninterrupted one would.
+            # Only a deferred Ctrl-C stops between mini-batches, where the state is consistent;
+            # otherwise the checkpoint on disk (the last epoch boundary) stays as it is.
             if self.run_dir is not None:
-                bar.write(f"interrupted: {self.run_dir / CHECKPOINT_FILE} holds epoch {self.epoch}; "
-                          "fit again with resume=True (CLI: --resume) to continue")
+                if self._stop_requested:
+                    self.save_checkpoint()
+                if self._saved_step is None:
+                    bar.write("interrupted before the first checkpoint: nothing to resume")
+                else:
+                    bar.write(f"interrupted: {self.run_dir / CHECKPOINT_FILE} holds step {self._saved_step}; "
+                              "fit again with resume=True (CLI: --resume) to continue")
             raise
         finally:
             bar.close()
@@ -134,11 +158,30 @@ class Trainer:
                 writer.close()
         return self.history
 
+    @contextlib.contextmanager
+    def _deferred_ctrl_c(self, bar: tqdm) -> Iterator[None]:
+        """Turn the first SIGINT into a request to stop after the current mini-batch."""
+        self._stop_requested = False
+        if threading.current_thread() is not threading.main_thread():  # signals need the main thread
+            yield
+            return
+
+        def request_stop(signum, frame):
+            self._stop_requested = True
+            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts right away
+            bar.write("Ctrl-C: stopping after this mini-batch (press again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def _train_epoch(self, x: torch.Tensor, bar: tqdm) -> dict:
-        start = time.perf_counter()
-        order = torch.randperm(len(x), generator=self.shuffle)
-        sums: dict[str, float] = {}
-        for i, batch_idx in enumerate(order.split(self.cfg.batch_size)):
+        if self.progress is None:
+            self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle))
+        progress, start = self.progress, time.perf_counter()
+        for batch_idx in progress.order.split(self.cfg.batch_size)[progress.done:]:
             self._refit_starting_facets(x)
             self.model.train()
             xb = x[batch_idx].to(self.device, non_blocking=True)
@@ -153,17 +196,22 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.step += 1
-            _accumulate(sums, terms, loss, len(xb))
+            self.step, progress.done = self.step + 1, progress.done + 1
+            _accumulate(progress.sums, terms, loss, len(xb))
             bar.update(1)
-            if i % 10 == 0:
-                n = sums["n"]
+            if progress.done % 10 == 1:
+                sums, n = progress.sums, progress.sums["n"]
                 bar.set_postfix(elbo=f"{sums['elbo'] / n:.1f}", rec=f"{sums['reconstruction'] / n:.1f}",
                                 kl="/".join(f"{sums[f'kl_{j}'] / n:.2f}" for j in range(self.model.n_facets)))
-        row = {k: v / sums["n"] for k, v in sums.items() if k != "n"}
-        row.update(epoch=self.epoch + 1, step=self.step, seconds=time.perf_counter() - start)
+            if self._stop_requested:
+                progress.seconds += time.perf_counter() - start
+                raise KeyboardInterrupt
+        n = progress.sums["n"]
+        row = {k: v / n for k, v in progress.sums.items() if k != "n"}
+        row.update(epoch=self.epoch + 1, step=self.step, seconds=progress.seconds + time.perf_counter() - start)
         for j, w in enumerate(self.schedule.weights(self.step).tolist()):
             row[f"weight_{j}"] = w
+        self.progress = None
         return row
 
     def _refit_starting_facets(self, x: torch.Tensor) -> None:
@@ -213,9 +261,14 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": optim_meta,
-                "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata}
+                "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata, "progress": None}
+        if self.progress is not None:  # a checkpoint in the middle of an epoch
+            tensors["progress.order"] = self.progress.order
+            meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
+                                "seconds": self.progress.seconds}
         path = self.run_dir / CHECKPOINT_FILE
         write_safetensors(path, tensors, meta)
+        self._saved_step = self.step
         return path
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -228,6 +281,9 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self._saved_step = self.step
+        if meta["progress"] is not None:
+            self.progress = EpochProgress(tensors["progress.order"], **meta["progress"])
         # The run keeps the schedule it started with: a resume that asks for more epochs
         # lengthens the last stage instead of moving stage boundaries already passed.
         saved = meta["schedule"]

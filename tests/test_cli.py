@@ -1,0 +1,114 @@
+"""The `mfcvae` command line, end to end on small files: fit -> evaluate / predict / sample,
+resume, presets, --help, and errors that exit with status 2 and a message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from mfcvae import MFCVAE
+from mfcvae.cli import main
+from mfcvae.train import CHECKPOINT_FILE
+
+TINY_CONFIG = dict(n_clusters=[4, 3], latent_dims=[2, 3], hidden_dims=[32, 64], epochs=2, batch_size=64,
+                   lr=0.001, device="cpu")
+
+
+@pytest.fixture()
+def files(tmp_path, shapes_data):
+    x, labels = shapes_data
+    np.savez(tmp_path / "data.npz", x=x, **labels)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    return tmp_path
+
+
+def fit(files, *extra: str) -> int:
+    return main(["fit", "--config", str(files / "tiny.yaml"), "--data", str(files / "data.npz"),
+                 "--out", str(files / "run"), "--quiet", *extra])
+
+
+def test_fit_then_evaluate_predict_and_sample(files, shapes_data, capsys):
+    x, labels = shapes_data
+    assert fit(files) == 0
+    out = capsys.readouterr().out
+    assert "shape" in out and "colour" in out  # the labels in the .npz were evaluated
+    for name in ("model.safetensors", "config.json", "metrics.csv", CHECKPOINT_FILE, "evaluation.json"):
+        assert (files / "run" / name).is_file(), name
+
+    assert main(["evaluate", str(files / "run"), "--data", str(files / "data.npz"), "--device", "cpu",
+                 "--json", str(files / "eval.json")]) == 0
+    assert "ELBO per example" in capsys.readouterr().out and (files / "eval.json").is_file()
+
+    assert main(["predict", str(files / "run"), "--data", str(files / "data.npz"), "--out", str(files / "c.csv")]) == 0
+    table = np.loadtxt(files / "c.csv", delimiter=",", skiprows=1, dtype=int)
+    assert (files / "c.csv").read_text().splitlines()[0] == "facet_0,facet_1"
+    np.testing.assert_array_equal(table, MFCVAE.load(files / "run", device="cpu").predict(x))
+
+    assert main(["sample", str(files / "run"), "--facet", "1", "--cluster", "2", "--n", "6",
+                 "--out", str(files / "grid.png")]) == 0
+    assert (files / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_continues_with_more_epochs_and_overwrite_starts_over(files):
+    assert fit(files) == 0
+    assert main(["fit", "--out", str(files / "run"), "--data", str(files / "data.npz"), "--resume",
+                 "--epochs", "3", "--quiet"]) == 0
+    assert len((files / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert fit(files, "--overwrite") == 0
+    assert len((files / "run" / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_fit_on_the_built_in_data_with_a_preset_and_overrides(tmp_path, capsys):
+    assert main(["fit", "--preset", "demo", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet",
+                 "--set", "stage_epochs=[1, 1]", "--set", "hidden_dims=[16, 16]"]) == 0
+    assert "colour" in capsys.readouterr().out
+    assert tuple(MFCVAE.load(tmp_path / "run").hidden_dims) == (16, 16)
+
+
+def test_presets_lists_the_named_configurations(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "mnist" in out
+
+
+ERRORS = {
+    "missing data": (["--data", "nowhere.npz"], "no such data file"),
+    "unknown parameter": (["--set", "banana=1"], "unknown parameter"),
+    "bad --set": (["--set", "epochs"], "field=value"),
+    "bad value": (["--set", "covariance=spherical"], "covariance"),
+    "resume nothing": (["--resume"], "nothing to resume"),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_fit_errors_exit_2_with_a_message(files, capsys, name):
+    extra, message = ERRORS[name]
+    argv = ["fit", "--config", str(files / "tiny.yaml"), "--data", str(files / "data.npz"),
+            "--out", str(files / "fresh"), "--quiet", *extra]
+    if name == "resume nothing":
+        argv.remove("--config"), argv.remove(str(files / "tiny.yaml"))
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fit_refuses_to_overwrite_a_run_without_being_asked(files, capsys):
+    assert fit(files) == 0
+    before = (files / "run" / CHECKPOINT_FILE).read_bytes()
+    assert fit(files) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (files / "run" / CHECKPOINT_FILE).read_bytes() == before
+
+
+def test_model_commands_report_a_missing_model(files, capsys):
+    assert main(["sample", str(files / "nothing"), "--out", str(files / "g.png")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["evaluate"], ["predict"], ["sample"], ["presets"]])
+def test_help_everywhere(command):
+    result = subprocess.run([sys.executable, "-m", "mfcvae.cli", *command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: mfcvae" in result.stdout
