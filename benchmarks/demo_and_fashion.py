@@ -8,6 +8,7 @@ appended to benchmarks/results/demo_and_fashion.jsonl and printed as a markdown 
     python benchmarks/demo_and_fashion.py                       # everything (~15 CPU-minutes)
     python benchmarks/demo_and_fashion.py --only demo --seeds 0 1 2
     python benchmarks/demo_and_fashion.py --only fashion --fashion-epochs 20
+    python benchmarks/demo_and_fashion.py --table              # the table of every stored result
 """
 
 from __future__ import annotations
@@ -82,7 +83,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fashion-epochs", type=int, default=20)
     parser.add_argument("--fashion-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--table", action="store_true", help="print the stored results as markdown; train nothing")
     args = parser.parse_args()
+    if args.table:
+        print(markdown([json.loads(line) for line in RESULTS.read_text().splitlines()]))
+        return
 
     results = []
     if args.only in (None, "demo"):
