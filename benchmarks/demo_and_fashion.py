@@ -24,18 +24,11 @@ import torch
 from sklearn.cluster import KMeans
 
 from mfcvae import MFCVAE, load_preset
-from mfcvae.datasets import load_idx, make_shapes
+from mfcvae.datasets import load_mnist, make_shapes
 from mfcvae.metrics import best_facet_per_label, many_to_one_accuracy, nmi
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).parent / "results" / "demo_and_fashion.jsonl"
-
-
-def load_fashion() -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """All 70,000 Fashion-MNIST images (train + test), from the Debian package's IDX files."""
-    parts = [load_idx(FASHION_DIR / f"{p}-images-idx3-ubyte.gz", FASHION_DIR / f"{p}-labels-idx1-ubyte.gz")
-             for p in ("train", "t10k")]
-    return np.concatenate([x for x, _ in parts]), {"label": np.concatenate([y["label"] for _, y in parts])}
 
 
 def kmeans_baseline(x: np.ndarray, labels: dict[str, np.ndarray], k: int, seed: int) -> dict:
@@ -91,12 +84,14 @@ def main() -> None:
 
     results = []
     if args.only in (None, "demo"):
-        x, labels = make_shapes(seed=0)
+        data = make_shapes(seed=0)
+        x, labels = data.x[:], data.labels
         results += [run("demo shapes", x, labels, load_preset("demo"), s) for s in args.seeds]
     if args.only in (None, "fashion"):
         if not FASHION_DIR.is_dir():
             raise SystemExit(f"{FASHION_DIR} missing: apt-get install -y dataset-fashion-mnist")
-        x, labels = load_fashion()
+        data = load_mnist(FASHION_DIR)  # all 70,000 images: train + test
+        x, labels = data.x[:], data.labels
         params = {**load_preset("mnist"), "epochs": args.fashion_epochs, "stage_epochs": None, "fade_steps": None}
         results += [run("Fashion-MNIST 70k", x, labels, params, s) for s in args.fashion_seeds]
 

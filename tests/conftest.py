@@ -39,7 +39,8 @@ def tiny_estimator():
 @pytest.fixture(scope="session")
 def shapes_data() -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """300 8x8 RGB shape images (N, 3, 8, 8) in [0, 1] with their labels."""
-    return make_shapes(n=300, size=8, seed=0)
+    ds = make_shapes(n=300, size=8, seed=0)
+    return ds.x[:], ds.labels
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +55,13 @@ def fitted(X) -> MFCVAE:
 
 
 def _make_model(input_shape=(3, 4, 4), covariance="diag", posterior="exact", likelihood="bernoulli",
-               n_clusters=(4, 3), latent_dims=(2, 3), hidden_dims=(16, 8), seed=0) -> MultiFacetVAE:
-    """A small MultiFacetVAE with randomised prior parameters (so no term is trivially symmetric)."""
+               n_clusters=(4, 3), latent_dims=(2, 3), hidden_dims=(16, 8), seed=0, **network) -> MultiFacetVAE:
+    """A small MultiFacetVAE with randomised prior parameters (so no term is trivially symmetric);
+    ``network``: architecture / activation / batch_norm."""
     torch.manual_seed(seed)
     cfg = ModelConfig(input_shape=tuple(input_shape), n_clusters=n_clusters, latent_dims=latent_dims,
-                      hidden_dims=hidden_dims, covariance=covariance, posterior=posterior, likelihood=likelihood)
+                      hidden_dims=hidden_dims, covariance=covariance, posterior=posterior, likelihood=likelihood,
+                      **network)
     model = MultiFacetVAE(cfg)
     with torch.no_grad():
         for prior in model.priors:

@@ -76,7 +76,7 @@ def test_presets_lists_the_named_configurations(capsys):
 
 
 ERRORS = {
-    "missing data": (["--data", "nowhere.npz"], "no such data file"),
+    "missing data": (["--data", "nowhere.npz"], "no such file or folder"),
     "unknown parameter": (["--set", "banana=1"], "unknown parameter"),
     "bad --set": (["--set", "epochs"], "field=value"),
     "bad value": (["--set", "covariance=spherical"], "covariance"),

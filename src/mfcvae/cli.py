@@ -1,8 +1,10 @@
 """The ``mfcvae`` command line: a thin shell over the MFCVAE estimator.
 
     mfcvae fit --preset demo --out runs/demo                 # built-in data
-    mfcvae fit --preset mnist --data mnist.npz --out runs/m --set epochs=50
+    mfcvae fit --preset mnist --data ~/mnist --out runs/m --set epochs=50
+    mfcvae fit --preset 3dshapes_1 --data 3dshapes.h5 --out runs/s1
     mfcvae fit --out runs/m --resume                          # continue a run
+    mfcvae evaluate runs/s1 --part test                       # the data the run was fitted on
     mfcvae evaluate runs/m --data test.npz
     mfcvae predict runs/m --data test.npz --out clusters.csv
     mfcvae sample runs/m --facet 1 --cluster 3 --out grid.png
@@ -19,41 +21,81 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import list_presets, load_config, load_preset
-from .datasets import load_arrays, make_shapes
+from .config import list_presets, preset_path, read_config
+from .datasets import Dataset, load, make_shapes, reader_for, reader_options
 from .estimator import MFCVAE
 from .metrics import format_table
 from .train import CHECKPOINT_FILE, read_checkpoint_metadata
 
 DEMO_DATA = "demo"
+DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
+              ".npy, .csv or a folder of images (one sub-folder per class, optionally)")
+DATA_FILE = "data.json"  # in a run folder: which data the run was fitted on, and how it was read
 
 
-def load_data(spec: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``demo`` (the built-in shapes set) or a .npz / .npy file."""
-    if spec == DEMO_DATA:
-        return make_shapes(seed=0)
-    return load_arrays(spec)
-
-
-def parse_assignment(text: str) -> tuple[str, object]:
+def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
     """``field=value`` with value read as YAML (so 5, 0.1, true, [4, 4] mean what they say)."""
     if "=" not in text:
-        raise ValueError(f"--set expects field=value, got {text!r}")
+        raise ValueError(f"{flag} expects field=value, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
 
 
-def build_params(args: argparse.Namespace) -> dict:
-    """Estimator parameters from --preset/--config, then --epochs/--seed/--device/--set."""
+def load_data(spec: str, options: dict) -> Dataset:
+    """``demo`` (the built-in shapes set) or anything ``mfcvae.datasets.load`` reads."""
+    if spec == DEMO_DATA:
+        if options:
+            raise ValueError(f"the built-in demo data takes no options, got {sorted(options)}")
+        return make_shapes(seed=0)
+    return load(spec, **options)
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    return dict(parse_assignment(s, "--data-option") for s in args.data_option)
+
+
+def merge_data_options(spec: str, options: dict, preset_options: dict) -> dict:
+    """--data-option values, completed by the preset's where the reader takes them (a preset's
+    option that does not fit this kind of data, e.g. 3DShapes' config for a .npz, is skipped
+    with a note). ``test_fraction`` applies to every kind of data."""
+    accepted = {"test_fraction", *([] if spec == DEMO_DATA else reader_options(reader_for(spec)))}
+    merged = dict(options)
+    for key, value in preset_options.items():
+        if key in accepted:
+            merged.setdefault(key, value)
+        else:
+            print(f"note: the preset's data option {key}={value!r} does not apply to {spec}; ignored", file=sys.stderr)
+    return merged
+
+
+def data_source(args: argparse.Namespace, model_dir: str | Path) -> tuple[str, dict]:
+    """(data path, options) for a command: --data and --data-option if given, else what the
+    run in ``model_dir`` was fitted on (its data.json); the same path keeps its recorded options."""
+    options = data_options(args)
+    record = Path(model_dir) / DATA_FILE
+    stored = json.loads(record.read_text()) if record.is_file() else None
+    if args.data is None:
+        if stored is None:
+            raise ValueError(f"--data is needed: {model_dir} does not record the data it was fitted on")
+        return stored["path"], {**stored["options"], **options}
+    if stored is not None and _same_path(args.data, stored["path"]):
+        return args.data, {**stored["options"], **options}
+    return args.data, options
+
+
+def _same_path(a: str, b: str) -> bool:
+    return a == b or (a != DEMO_DATA and b != DEMO_DATA and Path(a).resolve() == Path(b).resolve())
+
+
+def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(estimator parameters, preset data options) from --preset/--config, then --epochs/--seed/--device/--set."""
     if args.resume:
         checkpoint = Path(args.out) / CHECKPOINT_FILE
         if not checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
-        params = read_checkpoint_metadata(checkpoint)
-    elif args.config:
-        params = load_config(args.config)
+        params, data_options = read_checkpoint_metadata(checkpoint), {}
     else:
-        params = load_preset(args.preset)
+        params, data_options = read_config(args.config if args.config else preset_path(args.preset))
     overrides = dict(parse_assignment(s) for s in args.set)
     for name in ("epochs", "seed", "device"):
         if getattr(args, name) is not None:
@@ -65,36 +107,63 @@ def build_params(args: argparse.Namespace) -> dict:
         raise ValueError(f"unknown parameter(s) {unknown}; known: {', '.join(sorted(known))}")
     if args.quiet:
         params["verbose"] = False
-    return params
+    return params, data_options
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    params = build_params(args)
-    if not args.resume and not args.overwrite and (Path(args.out) / CHECKPOINT_FILE).exists():
-        raise ValueError(f"{args.out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    x, labels = load_data(args.data)
+    params, preset_options = build_params(args)
+    out = Path(args.out)
+    if not args.resume and not args.overwrite and (out / CHECKPOINT_FILE).exists():
+        raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    if args.resume:
+        spec, options = data_source(args, out)
+    else:
+        spec = args.data or DEMO_DATA
+        options = merge_data_options(spec, data_options(args), preset_options)
+    record = {"path": spec if spec == DEMO_DATA else str(Path(spec).resolve()), "options": dict(options)}
+    test_fraction = options.pop("test_fraction", None)
+    data = load_data(spec, options)
+    parts = {"train": data}
+    if test_fraction:
+        parts["train"], parts["test"] = data.split(float(test_fraction), seed=params.get("seed", 0))
+    print(f"data: {data!r}" + (f"; {len(parts['test'])} held out for testing" if test_fraction else ""))
+
     model = MFCVAE(**params)
+    if not args.resume:  # record the data, so that --resume and the model commands find it again
+        out.mkdir(parents=True, exist_ok=True)
+        (out / DATA_FILE).write_text(json.dumps(record, indent=2))
     try:
-        model.fit(x, run_dir=args.out, resume=args.resume)
+        model.fit(parts["train"], run_dir=out, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: mfcvae fit --out {args.out} --data {args.data} --resume", file=sys.stderr)
+        print(f"\ninterrupted; continue with: mfcvae fit --out {out} --resume", file=sys.stderr)
         return 130
-    print(f"model written to {args.out}")
-    if labels:
-        rows = model.evaluate(x, labels)
-        print(format_table(rows))
-        (Path(args.out) / "evaluation.json").write_text(json.dumps(rows, indent=2))
+    print(f"model written to {out}")
+    if data.labels:
+        results = {part: model.evaluate(ds) for part, ds in parts.items()}
+        for part, rows in results.items():
+            print(f"\n{part} ({len(parts[part])} examples):\n{format_table(rows)}")
+        (out / "evaluation.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _model_data(args: argparse.Namespace) -> Dataset:
+    spec, options = data_source(args, args.model)
+    test_fraction = options.pop("test_fraction", None)
+    if test_fraction and args.part != "all":
+        seed = MFCVAE.load(args.model, device="cpu").seed
+        train, test = load_data(spec, options).split(float(test_fraction), seed=seed)
+        return train if args.part == "train" else test
+    return load_data(spec, options)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model = MFCVAE.load(args.model, device=args.device)
-    x, labels = load_data(args.data)
-    if not labels:
-        raise ValueError(f"{args.data} holds no labels to evaluate against (integer arrays of length N beside 'x')")
-    rows = model.evaluate(x, labels)
+    data = _model_data(args)
+    if not data.labels:
+        raise ValueError(f"{args.data or 'the data'} holds no labels to evaluate against")
+    rows = model.evaluate(data)
     print(format_table(rows))
-    print(f"ELBO per example: {model.score(x):.2f}")
+    print(f"ELBO per example: {model.score(data):.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
@@ -102,8 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = MFCVAE.load(args.model, device=args.device)
-    x, _ = load_data(args.data)
-    clusters = model.predict(x)
+    clusters = model.predict(_model_data(args))
     header = ",".join(f"facet_{j}" for j in range(clusters.shape[1]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savetxt(args.out, clusters, fmt="%d", delimiter=",", header=header, comments="")
@@ -135,7 +203,10 @@ def make_parser() -> argparse.ArgumentParser:
     source = fit.add_mutually_exclusive_group()
     source.add_argument("--preset", default="demo", help="named configuration (see `mfcvae presets`; default demo)")
     source.add_argument("--config", help="YAML file of estimator parameters")
-    fit.add_argument("--data", default=DEMO_DATA, help="'demo' (built-in) or a .npz (x + labels) / .npy file")
+    fit.add_argument("--data", help=f"'demo' (built-in, the default) or a path: {DATA_KINDS}")
+    fit.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="option for reading the data, e.g. config=2 (3DShapes), split=train (MNIST folder), "
+                          "size=32 (image folder), test_fraction=0.2 (hold out a random part)")
     fit.add_argument("--out", required=True, help="run folder: model, metrics.csv, checkpoint")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     fit.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
@@ -146,23 +217,27 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(func=cmd_fit)
 
-    def model_command(name: str, help: str) -> argparse.ArgumentParser:
+    def model_command(name: str, help: str, data: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("model", help="a `mfcvae fit --out` folder or a folder written by save()")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+        if data:
+            p.add_argument("--data", help=f"'demo' or a path ({DATA_KINDS}); default: the data the run was fitted on")
+            p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                           help="option for reading the data (see `mfcvae fit --help`)")
+            p.add_argument("--part", choices=("all", "train", "test"), default="all",
+                           help="with a run fitted with test_fraction: which part of the data (default all)")
         return p
 
     evaluate = model_command("evaluate", "accuracy / NMI / ARI of every facet against every label")
-    evaluate.add_argument("--data", required=True, help="'demo' or a .npz with x and integer labels")
     evaluate.add_argument("--json", help="also write the table as JSON here")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = model_command("predict", "cluster ids per facet as CSV")
-    predict.add_argument("--data", required=True, help="'demo' or a .npz / .npy file")
     predict.add_argument("--out", required=True, help="CSV file to write")
     predict.set_defaults(func=cmd_predict)
 
-    sample = model_command("sample", "a PNG grid of generated inputs (controlled generation)")
+    sample = model_command("sample", "a PNG grid of generated inputs (controlled generation)", data=False)
     sample.add_argument("--facet", type=int, help="facet whose cluster is fixed")
     sample.add_argument("--cluster", type=int, help="cluster of --facet to draw from")
     sample.add_argument("--n", type=int, default=16, help="number of samples (default 16)")

@@ -17,7 +17,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 COVARIANCES = ("diag", "full")
 LIKELIHOODS = ("bernoulli", "gaussian")
 POSTERIORS = ("exact", "mc")
-ARCHITECTURES = ("mlp",)
+ARCHITECTURES = ("mlp", "conv")
+ACTIVATIONS = ("relu", "elu")
 INITS = ("gmm", "random")
 
 
@@ -35,7 +36,8 @@ def _check_positive_ints(name: str, values: tuple, length: int | None = None) ->
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: one entry per facet in n_clusters, latent_dims and hidden_dims."""
+    """The network: one entry per facet in n_clusters, latent_dims and hidden_dims (the
+    width of each MLP rung, or the channels of each conv block)."""
 
     input_shape: tuple[int, ...]
     n_clusters: tuple[int, ...]
@@ -47,6 +49,8 @@ class ModelConfig:
     likelihood_scale: float = 0.3
     posterior: str = "exact"
     architecture: str = "mlp"
+    activation: str = "relu"
+    batch_norm: bool = False
 
     def __post_init__(self) -> None:
         if len(self.n_clusters) == 0:
@@ -59,6 +63,9 @@ class ModelConfig:
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         _check_choice("posterior", self.posterior, POSTERIORS)
         _check_choice("architecture", self.architecture, ARCHITECTURES)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
         if not self.likelihood_scale > 0:
             raise ValueError(f"likelihood_scale must be > 0, got {self.likelihood_scale!r}")
 
@@ -112,16 +119,26 @@ def list_presets() -> dict[str, str]:
     return {p.stem: yaml.safe_load(p.read_text()).get("description", "") for p in sorted(PRESET_DIR.glob("*.yaml"))}
 
 
-def load_preset(name: str) -> dict:
-    """The estimator parameters of a named preset (without its description)."""
+def preset_path(name: str) -> Path:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    return load_config(path)
+    return path
+
+
+def load_preset(name: str) -> dict:
+    """The estimator parameters of a named preset (without its description and data options)."""
+    return read_config(preset_path(name))[0]
 
 
 def load_config(path: str | Path) -> dict:
     """Estimator parameters from a YAML file (a mapping of parameter name -> value)."""
+    return read_config(path)[0]
+
+
+def read_config(path: str | Path) -> tuple[dict, dict]:
+    """(estimator parameters, data options) from a YAML file. The optional ``data`` mapping
+    holds options for reading the data (e.g. ``config: 1`` for 3DShapes, ``test_fraction``)."""
     path = Path(path)
     try:
         params = yaml.safe_load(path.read_text())
@@ -130,4 +147,7 @@ def load_config(path: str | Path) -> dict:
     if not isinstance(params, dict):
         raise ValueError(f"config file {path} must hold a mapping of parameter names to values")
     params.pop("description", None)
-    return params
+    data = params.pop("data", None) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: 'data' must be a mapping of data options, got {data!r}")
+    return params, data

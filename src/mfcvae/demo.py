@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
 
-    x, labels = make_shapes(seed=0)
+    data = make_shapes(seed=0)
+    x, labels = data.x[:], data.labels
     print(f"built-in data: {len(x)} images {x.shape[1:]}, factors {sorted(labels)} (never shown to the model)")
     start = time.perf_counter()
     model = MFCVAE(**{**load_preset("demo"), "seed": args.seed}).fit(x, run_dir=out)

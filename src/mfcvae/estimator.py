@@ -16,12 +16,14 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from .config import ModelConfig, TrainConfig
+from .config import ARCHITECTURES, ModelConfig, TrainConfig
+from .datasets import Dataset
+from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, write_model_dir
 from .train import CHECKPOINT_FILE, Trainer, initialise_priors, map_batches, read_checkpoint_metadata
-from .validation import check_inputs
+from .validation import as_tensor
 
 FORMAT_VERSION = 1
 PREDICT_BATCH = 2048
@@ -60,16 +62,25 @@ class MFCVAE(BaseEstimator):
     Facet 0 is the bottom rung of the ladder (nearest the pixels), facet J-1 the top.
     The defaults are the paper's MNIST configuration (two facets, 25 clusters and 5 latent
     dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
-    Bernoulli likelihood, Adam at 5e-4, batch 512, GMM initialisation, progressive training).
+    Bernoulli likelihood, Adam at 5e-4, batch 512, GMM initialisation, progressive training);
+    colour images get the paper's convolutional ladder.
+
+    Inputs X: an array or tensor, (N, D), (N, H, W) or (N, C, H, W), or a
+    ``mfcvae.datasets.Dataset`` (kept compact, converted batch by batch).
 
     Parameters
     ----------
-    n_clusters, latent_dims, hidden_dims : one entry per facet (hidden_dims: encoder width of each rung).
+    n_clusters, latent_dims : one entry per facet.
+    hidden_dims : one entry per facet: MLP rung widths or conv block channels; default
+        (None): MLP 500 ... 2000 (the paper's (500, 2000) for two facets), conv 64, 128, ...
     covariance : "diag" or "full" covariance of every mixture component.
     learn_weights : learn the mixture weights pi_j (else uniform, fixed).
     likelihood : "bernoulli" (inputs in [0, 1]) or "gaussian" with std ``likelihood_scale``.
     posterior : "exact" (closed-form optimal q(c|x)) or "mc" (the paper code's one-sample estimate).
-    architecture : "mlp" (the MLP ladder).
+    architecture : "mlp", "conv" or "auto" (conv for colour images, (3, H, W) with H and W
+        divisible by 2^J and >= 4 * 2^J; MLP for everything else).
+    activation : "relu" or "elu"; default (None): relu for MLP, elu for conv (the paper's).
+    batch_norm : batch-norm after every hidden layer; default (None): off for MLP, on for conv.
     epochs, batch_size, lr : Adam optimisation.
     progressive : train facets one at a time, top first, each faded in (else all at once).
     stage_epochs : epochs per stage (sums to ``epochs``); default: equal stages.
@@ -96,13 +107,15 @@ class MFCVAE(BaseEstimator):
         self,
         n_clusters: tuple[int, ...] = (25, 25),
         latent_dims: tuple[int, ...] = (5, 5),
-        hidden_dims: tuple[int, ...] = (500, 2000),
+        hidden_dims: tuple[int, ...] | None = None,
         covariance: str = "diag",
         learn_weights: bool = True,
         likelihood: str = "bernoulli",
         likelihood_scale: float = 0.3,
         posterior: str = "exact",
-        architecture: str = "mlp",
+        architecture: str = "auto",
+        activation: str | None = None,
+        batch_norm: bool | None = None,
         epochs: int = 100,
         batch_size: int = 512,
         lr: float = 5e-4,
@@ -127,6 +140,8 @@ class MFCVAE(BaseEstimator):
         self.likelihood_scale = likelihood_scale
         self.posterior = posterior
         self.architecture = architecture
+        self.activation = activation
+        self.batch_norm = batch_norm
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -144,19 +159,38 @@ class MFCVAE(BaseEstimator):
 
     # --- configuration -------------------------------------------------------------
     def _model_config(self, input_shape: tuple[int, ...]) -> ModelConfig:
-        n_clusters, latent_dims, hidden_dims = (_as_tuple(n, v) for n, v in (
-            ("n_clusters", self.n_clusters), ("latent_dims", self.latent_dims), ("hidden_dims", self.hidden_dims)))
+        n_clusters, latent_dims = (_as_tuple(n, v) for n, v in (
+            ("n_clusters", self.n_clusters), ("latent_dims", self.latent_dims)))
         if len(n_clusters) != len(latent_dims):
             raise ValueError(
                 f"n_clusters and latent_dims need one entry per facet each; got {len(n_clusters)} and "
                 f"{len(latent_dims)} ({self.n_clusters!r} vs {self.latent_dims!r})"
             )
+        input_shape = tuple(int(s) for s in input_shape)
+        architecture = self._architecture(input_shape, len(n_clusters))
+        conv = architecture == "conv"
+        if self.hidden_dims is not None:
+            hidden_dims = _as_tuple("hidden_dims", self.hidden_dims)
+        elif conv:
+            hidden_dims = tuple(64 * 2**j for j in range(len(n_clusters)))
+        else:
+            hidden_dims = tuple(int(w) for w in np.geomspace(500, 2000, len(n_clusters)).round()) \
+                if len(n_clusters) > 1 else (500,)
         return ModelConfig(
-            input_shape=tuple(int(s) for s in input_shape), n_clusters=n_clusters, latent_dims=latent_dims,
+            input_shape=input_shape, n_clusters=n_clusters, latent_dims=latent_dims,
             hidden_dims=hidden_dims, covariance=self.covariance, learn_weights=bool(self.learn_weights),
             likelihood=self.likelihood, likelihood_scale=self.likelihood_scale, posterior=self.posterior,
-            architecture=self.architecture,
+            architecture=architecture, activation=self.activation or ("elu" if conv else "relu"),
+            batch_norm=conv if self.batch_norm is None else self.batch_norm,
         )
+
+    def _architecture(self, input_shape: tuple[int, ...], n_facets: int) -> str:
+        """"auto" -> "conv" for colour images the conv ladder can take, else "mlp"."""
+        if self.architecture != "auto":
+            if self.architecture not in ARCHITECTURES:
+                raise ValueError(f"architecture must be one of {('auto', *ARCHITECTURES)}, got {self.architecture!r}")
+            return self.architecture
+        return "conv" if input_shape[:1] == (3,) and conv_ladder_fits(input_shape, n_facets) else "mlp"
 
     def _train_config(self) -> TrainConfig:
         stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
@@ -177,10 +211,10 @@ class MFCVAE(BaseEstimator):
         """
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
-        X = check_inputs(X, unit_interval=self.likelihood == "bernoulli")
-        model_cfg, train_cfg = self._model_config(X.shape[1:]), self._train_config()
-        if len(X) < max(model_cfg.n_clusters):
-            raise ValueError(f"X has {len(X)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
+        x = as_tensor(X, unit_interval=self.likelihood == "bernoulli")
+        model_cfg, train_cfg = self._model_config(tuple(x.shape[1:])), self._train_config()
+        if len(x) < max(model_cfg.n_clusters):
+            raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
         if resume and run_dir is None:
             raise ValueError("resume=True needs the run_dir holding the checkpoint")
         device = resolve_device(self.device)
@@ -190,18 +224,18 @@ class MFCVAE(BaseEstimator):
 
         with seeded(self.seed, device):
             model = MultiFacetVAE(model_cfg).to(device)
-            trainer = Trainer(model, train_cfg, len(X), device, run_dir, self.verbose, metadata=self.get_params())
+            trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose, metadata=self.get_params())
             if resume:
                 trainer.load_checkpoint(checkpoint)
             else:
-                trainer.pretrain(torch.from_numpy(X), train_cfg.pretrain_epochs)
-                initialise_priors(model, torch.from_numpy(X), train_cfg.init, train_cfg.seed, device)
+                trainer.pretrain(x, train_cfg.pretrain_epochs)
+                initialise_priors(model, x, train_cfg.init, train_cfg.seed, device)
                 if run_dir is not None:  # a fresh run: forget an older run's logs in the same folder
                     for stale in ("metrics.csv", CHECKPOINT_FILE):
                         (Path(run_dir) / stale).unlink(missing_ok=True)
-            trainer.run(torch.from_numpy(X))
+            trainer.run(x)
 
-        self.model_, self.input_shape_, self.history_ = model.eval(), tuple(X.shape[1:]), trainer.history
+        self.model_, self.input_shape_, self.history_ = model.eval(), tuple(x.shape[1:]), trainer.history
         self.n_features_in_ = int(np.prod(self.input_shape_))
         if run_dir is not None:
             self.save(run_dir)
@@ -223,7 +257,7 @@ class MFCVAE(BaseEstimator):
 
     def _inputs(self, X, name: str = "X") -> torch.Tensor:
         self._check_fitted()
-        return torch.from_numpy(check_inputs(X, name=name, input_shape=self.input_shape_))
+        return as_tensor(X, name=name, input_shape=self.input_shape_)
 
     @property
     def _device(self) -> torch.device:
@@ -241,9 +275,12 @@ class MFCVAE(BaseEstimator):
         """Cluster ids, shape (N, J): argmax_k q(c_j = k | x) with z at the posterior mean."""
         return np.stack([p.argmax(1) for p in self.predict_proba(X)], axis=1).astype(np.int64)
 
+    def _latent_means(self, x: torch.Tensor) -> list[np.ndarray]:
+        return self._map(lambda xb: [m for m, _ in self.model_.encode(xb)], x)
+
     def transform(self, X) -> list[np.ndarray]:
         """Posterior means of z_j: a list of J arrays (N, d_j)."""
-        return self._map(lambda xb: [m for m, _ in self.model_.encode(xb)], self._inputs(X))
+        return self._latent_means(self._inputs(X))
 
     def _decode_mean(self, zs: list[torch.Tensor]) -> torch.Tensor:
         return self.model_.likelihood.mean(self.model_.decode([z.to(self._device) for z in zs]))
@@ -258,10 +295,12 @@ class MFCVAE(BaseEstimator):
         if len(a) != len(b):
             raise ValueError(f"X_a and X_b must have the same number of examples, got {len(a)} and {len(b)}")
         self._check_facet(facet)
-        za = [torch.from_numpy(z) for z in self.transform(a)]
-        za[facet] = torch.from_numpy(self.transform(b)[facet])
+        za = self._latent_means(a)
+        za[facet] = self._latent_means(b)[facet]
         with torch.no_grad():
-            return self._decode_mean(za).cpu().numpy()
+            parts = [self._decode_mean([torch.from_numpy(z[i:i + PREDICT_BATCH]) for z in za]).cpu().numpy()
+                     for i in range(0, len(a), PREDICT_BATCH)]
+        return np.concatenate(parts)
 
     def sample(self, n: int, facet: int | None = None, cluster: int | None = None,
                temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
@@ -289,9 +328,12 @@ class MFCVAE(BaseEstimator):
             elbos = self._map(lambda xb: [self.model_.elbo_terms(xb).elbo()], x)[0]
         return float(elbos.mean())
 
-    def evaluate(self, X, labels: dict[str, np.ndarray]) -> list[dict]:
+    def evaluate(self, X, labels: dict[str, np.ndarray] | None = None) -> list[dict]:
         """Accuracy (many-to-one, the paper's), Hungarian accuracy, NMI, ARI and active clusters
-        for every facet x label pair; ``labels`` maps a name to an (N,) array."""
+        for every facet x label pair; ``labels`` maps a name to an (N,) array (default: the
+        labels of a Dataset X)."""
+        if labels is None and isinstance(X, Dataset):
+            labels = X.labels
         if not isinstance(labels, dict):
             raise TypeError("labels must be a dict of label name -> (N,) array")
         return evaluate_assignments(self.predict(X), labels)

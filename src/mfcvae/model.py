@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .ladder import MLPLadderDecoder, MLPLadderEncoder
+from .ladder import build_ladder
 from .likelihoods import Bernoulli, Gaussian
 from .priors import LOG_2PI, MixturePrior
 
@@ -60,8 +60,8 @@ class MultiFacetVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = MLPLadderEncoder(cfg.input_shape, cfg.hidden_dims)
-        self.decoder = MLPLadderDecoder(cfg.input_shape, cfg.hidden_dims, cfg.latent_dims)
+        self.encoder, self.decoder = build_ladder(cfg.architecture, cfg.input_shape, cfg.hidden_dims,
+                                                  cfg.latent_dims, cfg.activation, cfg.batch_norm)
         self.mean_heads = nn.ModuleList(nn.Linear(h, d) for h, d in zip(self.encoder.feature_dims, cfg.latent_dims))
         self.logvar_heads = nn.ModuleList(nn.Linear(h, d) for h, d in zip(self.encoder.feature_dims, cfg.latent_dims))
         self.priors = nn.ModuleList(

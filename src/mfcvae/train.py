@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import math
 import signal
 import threading
 import time
@@ -42,10 +41,26 @@ class EpochProgress:
 GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many encoded inputs
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive mini-batches over n examples; a last batch of a single
+    example joins the one before it (batch-norm cannot normalise one example while training)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def to_model_input(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on ``device`` as float32; uint8 images become value / 255 after the move (a
+    quarter of the bytes to copy, and the data set itself never exists as float32)."""
+    xb = xb.to(device, non_blocking=True)
+    return xb.float().div_(255) if xb.dtype == torch.uint8 else xb
+
+
 def iterate_batches(x: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
-    """Consecutive mini-batches of ``x`` moved to ``device``."""
-    for start in range(0, len(x), batch_size):
-        yield x[start : start + batch_size].to(device, non_blocking=True)
+    """Consecutive mini-batches of ``x``, ready for the model on ``device``."""
+    for start, stop in batch_bounds(len(x), batch_size):
+        yield to_model_input(x[start:stop], device)
 
 
 @torch.no_grad()
@@ -93,7 +108,7 @@ class Trainer:
         self.model, self.cfg, self.device, self.verbose = model, cfg, device, verbose
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metadata = metadata or {}  # stored in every checkpoint (the estimator's parameters)
-        self.steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
+        self.steps_per_epoch = len(batch_bounds(n_samples, cfg.batch_size))
         self.schedule = ProgressiveSchedule.from_config(cfg, model.n_facets, self.steps_per_epoch)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -108,12 +123,15 @@ class Trainer:
         Beyond the paper: the mixture initialisation then clusters embeddings that already
         describe the data, instead of an untrained encoder's near-constant output.
         """
+        if epochs == 0:
+            return
         self.model.train()
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr)
         ones = torch.ones(self.model.n_facets, device=self.device)
         for _ in tqdm(range(epochs), desc="warm-up", disable=not self.verbose, unit="epoch"):
-            for batch_idx in torch.randperm(len(x), generator=self.shuffle).split(self.cfg.batch_size):
-                xb = x[batch_idx].to(self.device, non_blocking=True)
+            order = torch.randperm(len(x), generator=self.shuffle)
+            for batch_idx in (order[a:b] for a, b in batch_bounds(len(x), self.cfg.batch_size)):
+                xb = to_model_input(x[batch_idx], self.device)
                 means = [m for m, _ in self.model.encode(xb)]
                 loss = -self.model.likelihood.log_prob(self.model.decode(means, ones), xb).mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -181,10 +199,11 @@ class Trainer:
         if self.progress is None:
             self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle))
         progress, start = self.progress, time.perf_counter()
-        for batch_idx in progress.order.split(self.cfg.batch_size)[progress.done:]:
+        for start, stop in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
+            batch_idx = progress.order[start:stop]
             self._refit_starting_facets(x)
             self.model.train()
-            xb = x[batch_idx].to(self.device, non_blocking=True)
+            xb = to_model_input(x[batch_idx], self.device)
             weights = self.schedule.weights(self.step).to(self.device)
             terms = self.model.elbo_terms(xb, alphas=weights)
             loss = -terms.elbo(gammas=weights, free_bits=self.cfg.free_bits).mean()

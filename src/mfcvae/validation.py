@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .datasets.base import Dataset
+
 
 def check_inputs(
     X: object,
@@ -54,3 +56,25 @@ def check_inputs(
             f"{name} has values in [{X.min():g}, {X.max():g}] but the Bernoulli likelihood needs [0, 1]{hint}"
         )
     return X
+
+
+def check_dataset(ds: Dataset, *, input_shape: tuple[int, ...] | None = None, unit_interval: bool = False) -> np.ndarray:
+    """The stored inputs of a Dataset (uint8 or float32, not converted), after the checks
+    ``check_inputs`` makes; uint8 images are in [0, 1] by construction."""
+    raw = ds.x.raw
+    name = f"data set {ds.name!r}" if ds.name else "the data set"
+    if input_shape is not None and tuple(raw.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"{name} has examples of shape {tuple(raw.shape[1:])}, "
+                         f"but the model was fitted on {tuple(input_shape)}")
+    if raw.dtype == np.float32:
+        check_inputs(raw, name=name, unit_interval=unit_interval)
+    return raw
+
+
+def as_tensor(X: object, *, name: str = "X", input_shape: tuple[int, ...] | None = None,
+              unit_interval: bool = False) -> torch.Tensor:
+    """X (array-like or Dataset) as a CPU tensor for the model: float32, or uint8 for a
+    Dataset's images (divided by 255 batch by batch, on the device)."""
+    if isinstance(X, Dataset):
+        return torch.from_numpy(check_dataset(X, input_shape=input_shape, unit_interval=unit_interval))
+    return torch.from_numpy(check_inputs(X, name=name, input_shape=input_shape, unit_interval=unit_interval))

@@ -1,9 +1,73 @@
-"""Data sets mfcvae knows how to make or read. Every reader returns (inputs, labels):
-inputs a float32 array in [0, 1] (or the file's values for .npy/.npz), labels a dict of
-name -> (N,) int array, used for evaluation only."""
+"""Data sets mfcvae can make or read. Every reader returns a ``Dataset``: inputs stored
+compactly (``ds.x[idx]`` gives float32, images in [0, 1]) and named integer labels, used for
+evaluation only.
+
+``load(path)`` picks the reader from what the path holds; each reader is public too.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
 
 from .arrays import load_arrays
-from .idx import load_idx, read_idx
+from .base import Dataset, Inputs
+from .folder import IMAGE_SUFFIXES, load_image_folder
+from .idx import labels_file_for, load_idx, load_mnist, read_idx
 from .shapes import make_shapes
+from .shapes3d import CONFIGS as SHAPES3D_CONFIGS
+from .shapes3d import load_3dshapes
+from .svhn import load_svhn
 
-__all__ = ["load_arrays", "load_idx", "make_shapes", "read_idx"]
+__all__ = ["Dataset", "Inputs", "SHAPES3D_CONFIGS", "load", "load_3dshapes", "load_arrays", "load_idx",
+           "load_image_folder", "load_mnist", "load_svhn", "make_shapes", "read_idx", "reader_for", "reader_options"]
+
+
+def reader_for(path: str | Path) -> Callable[..., Dataset]:
+    """The reader ``load`` uses for ``path`` (see ``load``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.is_dir():
+        return load_mnist if any(path.glob("*-images*idx3-ubyte*")) else load_image_folder
+    name, suffix = path.name.lower(), path.suffix.lower()
+    if "idx3-ubyte" in name:
+        return _load_idx_file
+    if suffix == ".mat":
+        return load_svhn
+    if suffix in (".h5", ".hdf5"):
+        return load_3dshapes
+    if suffix in (".npz", ".npy", ".csv"):
+        return load_arrays
+    if suffix in IMAGE_SUFFIXES:
+        raise ValueError(f"{path} is one image; point at the folder that holds the images")
+    raise ValueError(f"don't know how to read {path}: expected an MNIST-format folder or IDX file, an SVHN .mat, "
+                     "a 3DShapes .h5, a .npz/.npy/.csv file or a folder of images")
+
+
+def reader_options(reader: Callable[..., Dataset]) -> list[str]:
+    """The keyword options a reader takes besides the path."""
+    return list(inspect.signature(reader).parameters)[1:]
+
+
+def load(path: str | Path, **options) -> Dataset:
+    """Read any supported data set; ``options`` go to the reader chosen:
+
+    - a folder holding ``train-images-idx3-ubyte[.gz]`` etc.: ``load_mnist`` (split=...);
+    - an IDX image file ``*-images-idx3-ubyte[.gz]``: its label file is found beside it;
+    - ``*.mat``: ``load_svhn``;  ``*.h5`` / ``*.hdf5``: ``load_3dshapes`` (config=..., fixed=..., size=...);
+    - ``*.npz`` / ``*.npy`` / ``*.csv``: ``load_arrays``;
+    - any other folder: ``load_image_folder`` (size=...).
+    """
+    reader = reader_for(path)
+    unknown = sorted(set(options) - set(reader_options(reader)))
+    if unknown:
+        raise ValueError(f"{path} is read by {reader.__name__}, which takes no option {unknown}; "
+                         f"its options: {reader_options(reader) or 'none'}")
+    return reader(path, **options)
+
+
+def _load_idx_file(path: str | Path) -> Dataset:
+    """One IDX image file and, if it lies beside it, its label file."""
+    return load_idx(path, labels_file_for(Path(path)))

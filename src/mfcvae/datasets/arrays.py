@@ -1,5 +1,9 @@
-"""NumPy files: ``.npz`` (inputs under ``x``, every other integer array of length N a label)
-and ``.npy`` (inputs only)."""
+"""Arrays in files: ``.npz`` (inputs under ``x``, every other integer array of length N a
+label named by its key), ``.npy`` (inputs only) and ``.csv`` (numeric rows: feature vectors).
+
+uint8 inputs are read as images (value / 255); other numbers are kept as they are, so
+feature vectors (embeddings, tabular data) go with the Gaussian likelihood.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,24 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import Dataset
 
-def load_arrays(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Inputs and named labels from a ``.npz`` or ``.npy`` file."""
+
+def load_arrays(path: str | Path) -> Dataset:
+    """Inputs and named labels from a ``.npz``, ``.npy`` or ``.csv`` file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".npy", ".csv"):
+        raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), {}
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        else:
-            raise ValueError(f"{path}: expected a .npz or .npy file")
+        if suffix == ".csv":
+            return Dataset(_read_csv(path), name=path.name)
+        if suffix == ".npy":
+            return Dataset(np.load(path, allow_pickle=False), name=path.name)
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
     if "x" not in arrays:
@@ -28,4 +36,16 @@ def load_arrays(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     x = arrays.pop("x")
     labels = {k: v for k, v in arrays.items()
               if v.ndim == 1 and len(v) == len(x) and np.issubdtype(v.dtype, np.integer)}
-    return x, labels
+    return Dataset(x, labels, name=path.name)
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """Numeric rows of a CSV file as (N, D) float32; a first row that is not numeric is a header."""
+    with path.open() as f:
+        first = f.readline()
+    try:
+        [float(v) for v in first.split(",")]
+        skip = 0
+    except ValueError:
+        skip = 1
+    return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)

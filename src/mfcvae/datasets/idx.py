@@ -1,5 +1,5 @@
 """MNIST-format IDX files (``*-images-idx3-ubyte`` / ``*-labels-idx1-ubyte``, plain or .gz):
-MNIST and Fashion-MNIST. Images come back as float32 in [0, 1], shape (N, 1, 28, 28)."""
+MNIST and Fashion-MNIST, as their sites and the Debian package ship them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .base import Dataset
+
 _MAGIC = {2049: 1, 2051: 3}  # labels: 1 dimension; images: 3 dimensions (unsigned bytes)
+SPLITS = {"train": ("train",), "test": ("t10k",), "all": ("train", "t10k")}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -34,8 +37,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def load_idx(images: str | Path, labels: str | Path | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Images as float32 (N, 1, 28, 28) in [0, 1] and, if a label file is given, {"label": (N,)}."""
+def labels_file_for(images: Path) -> Path | None:
+    """The label file MNIST ships beside an image file (``train-images-idx3-ubyte`` ->
+    ``train-labels-idx1-ubyte``, same compression), if it is there."""
+    candidate = images.with_name(images.name.replace("images", "labels").replace("idx3", "idx1"))
+    return candidate if candidate != images and candidate.is_file() else None
+
+
+def load_idx(images: str | Path, labels: str | Path | None = None) -> Dataset:
+    """One image file (and its label file, if given) as a Dataset of (N, 1, H, W) uint8 images."""
     x = read_idx(images)
     if x.ndim != 3:
         raise ValueError(f"{images} holds labels, not images")
@@ -45,4 +55,25 @@ def load_idx(images: str | Path, labels: str | Path | None = None) -> tuple[np.n
         if y.ndim != 1 or len(y) != len(x):
             raise ValueError(f"{labels} does not hold one label per image of {images}")
         out["label"] = y.astype(np.int64)
-    return (x.astype(np.float32) / 255.0)[:, None], out
+    return Dataset(x[:, None], out, name=Path(images).name)
+
+
+def load_mnist(directory: str | Path, split: str = "all") -> Dataset:
+    """MNIST or Fashion-MNIST from the folder holding its four IDX files (plain or .gz).
+
+    ``split``: "train" (60,000), "test" (10,000) or "all" (both, train first).
+    """
+    directory = Path(directory)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
+    parts = []
+    for prefix in SPLITS[split]:
+        found = sorted(directory.glob(f"{prefix}-images*idx3-ubyte*"))
+        if not found:
+            raise FileNotFoundError(f"no {prefix}-images-idx3-ubyte[.gz] file in {directory}")
+        labels = labels_file_for(found[0])
+        if labels is None:
+            raise FileNotFoundError(f"no label file beside {found[0]}")
+        parts.append(load_idx(found[0], labels))
+    x = np.concatenate([p.x.raw for p in parts])
+    return Dataset(x, {"label": np.concatenate([p.labels["label"] for p in parts])}, name=directory.name)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import Dataset
+
 DEMO_SIZE = 12_000  # the number of images `make demo`, the CLI's "demo" data and the benchmark use
 SHAPES = ("square", "ring", "triangle", "plus")
 COLOURS = {  # RGB in [0, 1]
@@ -36,8 +38,8 @@ def _masks(shape: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> 
     return np.where(choice == 0, square, np.where(choice == 1, ring, np.where(choice == 2, triangle, plus)))
 
 
-def make_shapes(n: int = DEMO_SIZE, size: int = 16, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``n`` images (n, 3, size, size) in [0, 1] and their labels {"shape", "colour"}."""
+def make_shapes(n: int = DEMO_SIZE, size: int = 16, seed: int = 0) -> Dataset:
+    """``n`` images (n, 3, size, size), float32 in [0, 1], and their labels {"shape", "colour"}."""
     if n <= 0 or size < 8:
         raise ValueError(f"need n > 0 and size >= 8, got n={n}, size={size}")
     rng = np.random.default_rng(seed)
@@ -57,4 +59,4 @@ def make_shapes(n: int = DEMO_SIZE, size: int = 16, seed: int = 0) -> tuple[np.n
     images = np.where(mask, foreground, background)
     images = images + rng.normal(0, 0.03, size=images.shape)
     images = np.clip(images, 0, 1).astype(np.float32)
-    return images, {"shape": shape.astype(np.int64), "colour": colour.astype(np.int64)}
+    return Dataset(images, {"shape": shape, "colour": colour}, name="demo shapes")
