@@ -3,6 +3,7 @@ resume, presets, --help, and errors that exit with status 2 and a message."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -13,6 +14,8 @@ import yaml
 from mfcvae import MFCVAE
 from mfcvae.cli import main
 from mfcvae.train import CHECKPOINT_FILE
+
+from test_datasets import write_3dshapes, write_mnist_folder
 
 TINY_CONFIG = dict(n_clusters=[4, 3], latent_dims=[2, 3], hidden_dims=[32, 64], epochs=2, batch_size=64,
                    lr=0.001, device="cpu")
@@ -71,8 +74,50 @@ def test_fit_on_the_built_in_data_with_a_preset_and_overrides(tmp_path, capsys):
 
 def test_presets_lists_the_named_configurations(capsys):
     assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert {line.split()[0] for line in lines} == {"demo", "mnist", "fashion_mnist", "3dshapes_1", "3dshapes_2", "svhn"}
+
+
+FAST = ["--epochs", "2", "--quiet", "--set", "stage_epochs=[1, 1]", "--set", "fade_steps=2", "--set", "batch_size=32",
+        "--set", "hidden_dims=[8, 16]", "--device", "cpu"]
+
+
+def test_3dshapes_preset_reads_its_configuration_holds_out_a_test_part_and_remembers_its_data(tmp_path, capsys):
+    """`fit --preset 3dshapes_1 --data 3dshapes.h5` selects config 1, resizes to 32x32, trains the conv
+    ladder on 80 %, evaluates both parts; later commands find the same data (and part) by themselves."""
+    write_3dshapes(tmp_path / "3dshapes.h5")
+    run = tmp_path / "run"
+    assert main(["fit", "--preset", "3dshapes_1", "--data", str(tmp_path / "3dshapes.h5"), "--out", str(run), *FAST]) == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "mnist" in out
+    assert "train (128 examples)" in out and "test (32 examples)" in out and "floor_hue" in out
+    model = MFCVAE.load(run, device="cpu")
+    assert model.input_shape_ == (3, 32, 32) and model.model_.cfg.architecture == "conv"
+    assert model.model_.cfg.covariance == "full" and model.n_clusters == [60, 20]
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert set(evaluation) == {"train", "test"}
+
+    assert main(["evaluate", str(run), "--part", "test", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text()) == evaluation["test"]
+    assert main(["predict", str(run), "--out", str(tmp_path / "all.csv")]) == 0
+    assert len((tmp_path / "all.csv").read_text().splitlines()) == 1 + 160
+    assert main(["fit", "--out", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0  # no --data needed
+    assert "train (128 examples)" in capsys.readouterr().out
+
+
+def test_data_options_from_the_command_line_and_presets_that_do_not_apply(tmp_path, files, capsys):
+    write_mnist_folder(tmp_path / "fashion", n_train=40, n_test=10)
+    assert main(["fit", "--preset", "fashion_mnist", "--data", str(tmp_path / "fashion"), "--data-option",
+                 "split=test", "--out", str(tmp_path / "f"), *FAST, "--set", "n_clusters=[3, 3]"]) == 0
+    assert "10 examples" in capsys.readouterr().out
+    # The 3DShapes preset's `config` means nothing for a .npz: skipped with a note; test_fraction still applies.
+    assert main(["fit", "--preset", "3dshapes_1", "--data", str(files / "data.npz"), "--out", str(tmp_path / "n"),
+                 *FAST, "--set", "architecture=mlp", "--set", "n_clusters=[4, 3]"]) == 0
+    captured = capsys.readouterr()
+    assert "config=1 does not apply" in captured.err and "test (60 examples)" in captured.out
+    # An option the user gives that the reader does not take is an error.
+    assert main(["fit", "--config", str(files / "tiny.yaml"), "--data", str(files / "data.npz"),
+                 "--data-option", "split=train", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "takes no option ['split']" in capsys.readouterr().err
 
 
 ERRORS = {

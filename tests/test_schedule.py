@@ -98,10 +98,18 @@ def test_single_facet_is_always_on():
     torch.testing.assert_close(sched.weights(0), torch.ones(1))
 
 
-@pytest.mark.parametrize("stage_epochs", [(3, 3), (5, 6), (10,), (4, 3, 3)])
-def test_stage_epochs_must_sum_to_epochs_and_have_one_entry_per_facet(stage_epochs):
+@pytest.mark.parametrize("stage_epochs", [(10,), (4, 3, 3)])
+def test_stage_epochs_needs_one_entry_per_facet(stage_epochs):
     with pytest.raises(ValueError, match="stage_epochs"):
         ProgressiveSchedule.from_config(cfg(epochs=10, stage_epochs=stage_epochs), 2, 10)
+
+
+def test_stage_epochs_of_another_run_length_are_stretched_with_the_fade():
+    """A preset's [101, 301] epochs and 2000-batch fade, run for 201 epochs: the same schedule at half scale."""
+    sched = ProgressiveSchedule.from_config(cfg(epochs=201, stage_epochs=(101, 301), fade_steps=2000), 2, 10)
+    assert sched.stage_starts == (0, 505) and sched.fade_steps == 1000
+    longer = ProgressiveSchedule.from_config(cfg(epochs=20, stage_epochs=(5, 5), fade_steps=7), 2, 3)
+    assert longer.stage_starts == (0, 30) and longer.fade_steps == 14
 
 
 @pytest.mark.parametrize("kw", [dict(stage_epochs=(0, 10)), dict(fade_steps=-1), dict(fade_fraction=1.5),

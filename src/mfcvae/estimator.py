@@ -83,7 +83,9 @@ class MFCVAE(BaseEstimator):
     batch_norm : batch-norm after every hidden layer; default (None): off for MLP, on for conv.
     epochs, batch_size, lr : Adam optimisation.
     progressive : train facets one at a time, top first, each faded in (else all at once).
-    stage_epochs : epochs per stage (sums to ``epochs``); default: equal stages.
+    stage_epochs : epochs per stage; default: equal stages. With a sum other than ``epochs``
+        the schedule (fade_steps included) is stretched or squeezed to the run's length, so
+        a preset's schedule keeps its shape under ``--epochs``.
     fade_steps : fade-in length in mini-batches; default: ``fade_fraction`` of a stage.
     init : "gmm" (fit a Gaussian mixture to encoded data) or "random" (K encoded inputs).
     pretrain_epochs : epochs of plain-autoencoder warm-up before the mixture initialisation

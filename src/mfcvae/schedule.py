@@ -46,17 +46,19 @@ class ProgressiveSchedule:
     def from_config(cls, cfg: TrainConfig, n_facets: int, steps_per_epoch: int) -> "ProgressiveSchedule":
         if not cfg.progressive:
             return cls(n_facets, tuple([0] * n_facets), 0, enabled=False)
+        total = cfg.epochs * steps_per_epoch
         if cfg.stage_epochs is not None:
             if len(cfg.stage_epochs) != n_facets:
                 raise ValueError(f"stage_epochs needs one entry per facet ({n_facets}), got {cfg.stage_epochs!r}")
-            if sum(cfg.stage_epochs) != cfg.epochs:
-                raise ValueError(f"stage_epochs {cfg.stage_epochs!r} must sum to epochs ({cfg.epochs})")
-            boundaries = [sum(cfg.stage_epochs[:s]) * steps_per_epoch for s in range(n_facets + 1)]
+            # The stages (and fade_steps) describe a run of sum(stage_epochs) epochs; a run of
+            # another length gets the same schedule stretched or squeezed to fit.
+            scale = cfg.epochs / sum(cfg.stage_epochs)
+            boundaries = [round(sum(cfg.stage_epochs[:s]) * scale * steps_per_epoch) for s in range(n_facets + 1)]
         else:  # equal shares of the run's mini-batches, so even a 1-epoch run passes every stage
-            total = cfg.epochs * steps_per_epoch
+            scale = 1.0
             boundaries = [s * total // n_facets for s in range(n_facets + 1)]
         if cfg.fade_steps is not None:
-            fade = cfg.fade_steps
+            fade = round(cfg.fade_steps * scale)
         else:
             shortest_later_stage = min((b1 - b0 for b0, b1 in zip(boundaries[1:-1], boundaries[2:])), default=0)
             fade = round(cfg.fade_fraction * shortest_later_stage)
