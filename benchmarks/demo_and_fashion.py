@@ -15,29 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
+from common import FASHION_DIR, kmeans_baseline, machine
 
 from mfcvae import MFCVAE, load_preset
 from mfcvae.datasets import load_mnist, make_shapes
-from mfcvae.metrics import best_facet_per_label, many_to_one_accuracy, nmi
+from mfcvae.metrics import best_facet_per_label
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 RESULTS = Path(__file__).parent / "results" / "demo_and_fashion.jsonl"
-
-
-def kmeans_baseline(x: np.ndarray, labels: dict[str, np.ndarray], k: int, seed: int) -> dict:
-    start = time.perf_counter()
-    clusters = KMeans(k, n_init=3, random_state=seed).fit_predict(x.reshape(len(x), -1))
-    out = {"k": k, "seconds": round(time.perf_counter() - start, 1)}
-    for name, y in labels.items():
-        out[name] = {"accuracy": round(many_to_one_accuracy(y, clusters), 4), "nmi": round(nmi(y, clusters), 4)}
-    return out
 
 
 def run(dataset: str, x: np.ndarray, labels: dict, params: dict, seed: int) -> dict:
@@ -54,7 +43,7 @@ def run(dataset: str, x: np.ndarray, labels: dict, params: dict, seed: int) -> d
         "best": {name: {"facet": r["facet"], "accuracy": round(r["accuracy"], 4), "nmi": round(r["nmi"], 4)}
                  for name, r in best.items()},
         "kmeans": [kmeans_baseline(x, labels, k, seed) for k in sorted(set(params["n_clusters"]))],
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
     }
 
 

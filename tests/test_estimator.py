@@ -38,6 +38,7 @@ def test_fit_returns_self_and_records_history(tiny_estimator, X):
     assert len(est.history_) == 1
     assert est.input_shape_ == X.shape[1:]
     assert np.isfinite(est.history_[0]["elbo"])
+    assert 0 < est.history_[0]["seconds"] < 60 and est.history_[0]["epoch"] == 1
 
 
 def test_predict_gives_one_cluster_id_per_facet(fitted, X):

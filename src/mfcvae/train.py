@@ -199,8 +199,8 @@ class Trainer:
         if self.progress is None:
             self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle))
         progress, start = self.progress, time.perf_counter()
-        for start, stop in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
-            batch_idx = progress.order[start:stop]
+        for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
+            batch_idx = progress.order[lo:hi]
             self._refit_starting_facets(x)
             self.model.train()
             xb = to_model_input(x[batch_idx], self.device)
