@@ -41,6 +41,7 @@ def run(epochs: int | None, seed: int, run_dir: Path, resume: bool, device: str)
     return {
         "dataset": "Fashion-MNIST 70k", "preset": "fashion_mnist", "seed": seed, "epochs": params["epochs"],
         "train_seconds": round(seconds, 1), "seconds_per_epoch": round(float(np.mean(epoch_seconds)), 2),
+        "median_seconds_per_epoch": round(float(np.median(epoch_seconds)), 2),
         "rows": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in model.evaluate(data)],
         "kl_last_epoch": [round(model.history_[-1][f"kl_{j}"], 3) for j in range(len(model.n_clusters))],
         "kmeans": [kmeans_baseline(x, data.labels, k, seed) for k in sorted({10, *model.n_clusters})],

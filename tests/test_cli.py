@@ -153,7 +153,8 @@ def test_model_commands_report_a_missing_model(files, capsys):
     assert "nothing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["fit"], ["evaluate"], ["predict"], ["sample"], ["presets"]])
+@pytest.mark.parametrize("command", [[], ["fit"], ["evaluate"], ["predict"], ["sample"], ["compose"], ["report"],
+                                     ["presets"]])
 def test_help_everywhere(command):
     result = subprocess.run([sys.executable, "-m", "mfcvae.cli", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: mfcvae" in result.stdout

@@ -8,6 +8,8 @@
     mfcvae evaluate runs/m --data test.npz
     mfcvae predict runs/m --data test.npz --out clusters.csv
     mfcvae sample runs/m --facet 1 --cluster 3 --out grid.png
+    mfcvae compose runs/m --facet 0 --out swaps.png
+    mfcvae report runs/m                                      # runs/m/report.html
     mfcvae presets
 """
 
@@ -31,6 +33,7 @@ DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
               ".npy, .csv or a folder of images (one sub-folder per class, optionally)")
 DATA_FILE = "data.json"  # in a run folder: which data the run was fitted on, and how it was read
+REPORT_EXAMPLES = 10_000  # inputs `compose` searches for confident cluster members
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
@@ -189,6 +192,43 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compose(args: argparse.Namespace) -> int:
+    from .images import save_grid
+    from .plots import composition_tiles
+    from .report import confident_members, swap_grid
+
+    model = MFCVAE.load(args.model, device=args.device)
+    data = _model_data(args)
+    if len(data) > REPORT_EXAMPLES:  # enough to find confident members of every cluster
+        data = data.subset(np.sort(np.random.default_rng(0).choice(len(data), REPORT_EXAMPLES, replace=False)))
+    n_facets = len(model.cluster_weights_)
+    if not 0 <= args.facet < n_facets:
+        raise ValueError(f"--facet must be in [0, {n_facets}), got {args.facet}")
+    inputs = data.x[confident_members(model.predict_proba(data)[args.facet], args.n)]
+    tiles = composition_tiles(inputs, inputs, swap_grid(model, inputs, args.facet))
+    path = save_grid(tiles, args.out, ncol=len(inputs) + 1)
+    print(f"compositions of facet {args.facet} written to {path}: row r, column c is input r (left column) "
+          f"with facet {args.facet} taken from input c (top row)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportOptions, build_report
+
+    model = MFCVAE.load(args.model, device=args.device)
+    try:
+        data = _model_data(args)
+    except ValueError as err:
+        if args.data is not None or "--data is needed" not in str(err):
+            raise
+        data = None  # a saved model that does not record its data: report without examples
+        print("no --data given and none recorded: the report leaves out input examples and metrics", file=sys.stderr)
+    options = ReportOptions(temperature=args.temperature, max_clusters=args.max_clusters)
+    out = Path(args.out) if args.out else Path(args.model) / "report.html"
+    print(f"report written to {build_report(model, data, out, options)} (figures as PNG files beside it)")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, description in list_presets().items():
         print(f"{name:<16}{description}")
@@ -245,6 +285,18 @@ def make_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, help="random seed")
     sample.add_argument("--out", required=True, help="PNG file to write")
     sample.set_defaults(func=cmd_sample)
+
+    compose = model_command("compose", "a PNG grid of compositions: one facet's latent swapped between inputs")
+    compose.add_argument("--facet", type=int, required=True, help="facet whose latent is swapped")
+    compose.add_argument("--n", type=int, default=6, help="inputs per side of the grid (default 6)")
+    compose.add_argument("--out", required=True, help="PNG file to write")
+    compose.set_defaults(func=cmd_compose)
+
+    report = model_command("report", "a self-contained HTML report with every figure (and the PNGs beside it)")
+    report.add_argument("--out", help="HTML file to write (default MODEL/report.html)")
+    report.add_argument("--temperature", type=float, default=1.0, help="prior temperature for samples (default 1)")
+    report.add_argument("--max-clusters", type=int, default=30, help="clusters shown per facet, largest first")
+    report.set_defaults(func=cmd_report)
 
     presets = sub.add_parser("presets", help="list the named configurations")
     presets.set_defaults(func=cmd_presets)

@@ -10,13 +10,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .config import load_preset
 from .datasets import make_shapes
 from .estimator import MFCVAE
-from .images import save_grid
 from .metrics import best_facet_per_label, format_table
+from .report import build_report
 
 TARGET_ACCURACY = 0.90
 
@@ -29,13 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
 
     data = make_shapes(seed=0)
-    x, labels = data.x[:], data.labels
-    print(f"built-in data: {len(x)} images {x.shape[1:]}, factors {sorted(labels)} (never shown to the model)")
+    print(f"built-in data: {len(data)} images {data.shape}, factors {sorted(data.labels)} (never shown to the model)")
     start = time.perf_counter()
-    model = MFCVAE(**{**load_preset("demo"), "seed": args.seed}).fit(x, run_dir=out)
+    model = MFCVAE(**{**load_preset("demo"), "seed": args.seed}).fit(data, run_dir=out)
     seconds = time.perf_counter() - start
 
-    rows = model.evaluate(x, labels)
+    rows = model.evaluate(data)
     print(format_table(rows))
     best = best_facet_per_label(rows)
     facets = {row["facet"] for row in best.values()}
@@ -45,17 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = len(facets) == len(best) and all(r["accuracy"] >= TARGET_ACCURACY for r in best.values())
     print("target (each factor >= 0.90 in its own facet):", "met" if ok else "NOT met")
 
-    for facet, k in enumerate(model.model_.cfg.n_clusters):
-        samples = [model.sample(6, facet=facet, cluster=c, seed=c) for c in range(k)]
-        save_grid(np.concatenate(samples), out / f"samples_facet{facet}.png", ncol=6)
-    save_grid(np.concatenate([x[:8], model.reconstruct(x[:8])]), out / "reconstructions.png", ncol=8)
-    # Compositionality: row 1 and row 2 are inputs; row j+3 is row 1 with facet j's latent from row 2.
-    a, b = x[8:16], x[16:24]
-    swaps = [model.compose(a, b, facet=j) for j in range(model.model_.n_facets)]
-    save_grid(np.concatenate([a, b, *swaps]), out / "compositions.png", ncol=8)
     (out / "results.json").write_text(json.dumps({"seconds": seconds, "rows": rows, "target_met": ok}, indent=2))
-    print(f"report: {out}/results.json, samples_facet*.png (one row per cluster), reconstructions.png,\n"
-          f"  compositions.png (rows: input A, input B, then A with facet j's latent taken from B)")
+    report = build_report(model, data, out / "report.html")
+    print(f"report: {report} (open it in a browser; the figures are also PNG files beside it)")
     return 0
 
 

@@ -9,6 +9,13 @@ import numpy as np
 from PIL import Image
 
 
+def can_draw(example_shape: tuple[int, ...]) -> bool:
+    """Whether inputs of this per-example shape can be shown as images (see ``to_images``)."""
+    if len(example_shape) == 1:
+        return math.isqrt(example_shape[0]) ** 2 == example_shape[0]
+    return len(example_shape) == 2 or (len(example_shape) == 3 and example_shape[0] in (1, 3))
+
+
 def to_images(x: np.ndarray) -> np.ndarray:
     """(N, C, H, W), (N, H, W) or (N, D) with square D -> (N, H, W, C) uint8, C in {1, 3}."""
     x = np.asarray(x, dtype=np.float32)

@@ -127,11 +127,13 @@ class MultiFacetVAE(nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> list[torch.Tensor]:
-        """Every facet from its prior at ``temperature``; facet ``facet`` from ``cluster`` if given."""
-        return [
-            prior.sample(n, cluster if j == facet else None, temperature, generator)
-            for j, prior in enumerate(self.priors)
-        ]
+        """Every facet from its prior at ``temperature``; then facet ``facet``'s latent is replaced
+        by draws from its cluster ``cluster``, if given. The replacement is drawn last, so with
+        the same generator state the other facets are the same whichever cluster is asked for."""
+        zs = [prior.sample(n, None, temperature, generator) for prior in self.priors]
+        if cluster is not None:
+            zs[facet] = self.priors[facet].sample(n, cluster, temperature, generator)
+        return zs
 
 
 def count_parameters(module: nn.Module) -> int:
