@@ -371,3 +371,23 @@ def test_load_errors_name_the_problem(tmp_path):
     np.save(tmp_path / "d.npy", np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"read by load_arrays, which takes no option \['config'\]"):
         load(tmp_path / "d.npy", config=1)
+
+
+# --- tinted two-facet data ------------------------------------------------------------------------
+
+def test_make_tinted_colours_grey_images_and_adds_a_colour_label():
+    from mfcvae.datasets import make_tinted
+    from mfcvae.datasets.tinted import TINTS
+
+    grey = Dataset(np.full((40, 1, 4, 4), 200, np.uint8), {"label": np.arange(40) % 5}, name="g")
+    tinted = make_tinted(grey, n_colours=3, seed=1)
+    assert tinted.x.raw.dtype == np.uint8 and tinted.shape == (3, 4, 4)
+    assert set(tinted.labels) == {"label", "colour"} and set(tinted.labels["colour"]) == {0, 1, 2}
+    np.testing.assert_array_equal(tinted.labels["label"], grey.labels["label"])
+    palette = np.array(list(TINTS.values()))
+    expected = np.round(200 / 255 * palette[tinted.labels["colour"]] * 255)
+    np.testing.assert_allclose(tinted.x.raw[:, :, 0, 0], expected, atol=1)
+    with pytest.raises(ValueError, match="greyscale"):
+        make_tinted(tinted)
+    with pytest.raises(ValueError, match="n_colours"):
+        make_tinted(grey, n_colours=9)

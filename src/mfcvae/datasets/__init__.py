@@ -19,9 +19,11 @@ from .shapes import make_shapes
 from .shapes3d import CONFIGS as SHAPES3D_CONFIGS
 from .shapes3d import load_3dshapes
 from .svhn import load_svhn
+from .tinted import make_tinted
 
 __all__ = ["Dataset", "Inputs", "SHAPES3D_CONFIGS", "load", "load_3dshapes", "load_arrays", "load_idx",
-           "load_image_folder", "load_mnist", "load_svhn", "make_shapes", "read_idx", "reader_for", "reader_options"]
+           "load_image_folder", "load_mnist", "load_svhn", "make_shapes", "make_tinted", "read_idx", "reader_for",
+           "reader_options"]
 
 
 def reader_for(path: str | Path) -> Callable[..., Dataset]:

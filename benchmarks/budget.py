@@ -1,0 +1,178 @@
+"""Benchmark: clustering accuracy per unit of compute, and ablations of the training recipe.
+
+For every data set x budget x variant x seed: train, then score every facet against every
+label (many-to-one and Hungarian accuracy, NMI, ARI, active clusters) and record each facet's
+KL at the end and the wall time; k-means on raw pixels with the same K runs on the same data
+in the same process as the baseline. Rows are appended to benchmarks/results/budget.csv and
+the runs of this call summarised as a markdown table (mean +- std over seeds).
+
+Budgets are epochs (--epochs) or wall-clock seconds (--seconds: one timed epoch of the
+variant sets how many epochs fit). Variants start from a recipe (the paper's MNIST settings
+with K = 10 per facet) and change one thing each; see VARIANTS.
+
+    python benchmarks/budget.py --data demo --epochs 2 --variants paper --seeds 0        # smoke run
+    python benchmarks/budget.py --data fashion --seconds 600 --variants paper free_bits --seeds 0 1 2
+    python benchmarks/budget.py --data tinted --n 20000 --epochs 10 --variants paper free_bits
+    python benchmarks/budget.py --table            # summarise every stored row
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from common import FASHION_DIR, kmeans_baseline, machine
+
+from mfcvae import MFCVAE, load_preset
+from mfcvae.datasets import Dataset, load_mnist, make_shapes, make_tinted
+
+RESULTS = Path(__file__).parent / "results" / "budget.csv"
+FIELDS = ["dataset", "n", "variant", "seed", "epochs", "budget_seconds", "train_seconds", "facet", "label",
+          "accuracy", "hungarian_accuracy", "nmi", "ari", "active_clusters", "n_clusters", "kl", "machine"]
+
+# The paper's MNIST recipe with K = 10 per facet; the schedule (stages, fade) is stretched to the budget.
+RECIPE = {**load_preset("mnist"), "n_clusters": [10, 10]}
+VARIANTS = {
+    "paper": {},
+    "no_progressive": {"progressive": False},
+    "mc_posterior": {"posterior": "mc"},
+    "warmup": {"pretrain_epochs": 2},
+    "refit": {"refit_on_stage": True},
+    "free_bits": {"free_bits": 2.0},
+    "lr_2e-3": {"lr": 2e-3},
+    "batch_128": {"batch_size": 128},
+}
+
+
+def load_data(name: str, n: int | None, seed: int = 0) -> Dataset:
+    if name == "demo":
+        data = make_shapes(seed=0)
+    else:
+        if not FASHION_DIR.is_dir():
+            raise SystemExit(f"{FASHION_DIR} missing: apt-get install -y dataset-fashion-mnist")
+        data = load_mnist(FASHION_DIR)
+        if name == "tinted":
+            data = make_tinted(data, seed=0)
+    if n is not None and n < len(data):
+        data = data.subset(np.sort(np.random.default_rng(seed).choice(len(data), n, replace=False)))
+    return data
+
+
+def params_for(variant: str, extra: dict) -> dict:
+    return {**RECIPE, **VARIANTS[variant], **extra, "verbose": False}
+
+
+def epochs_for(seconds: float, data: Dataset, params: dict) -> int:
+    """How many epochs of this variant fit in ``seconds``: time one epoch (initialisation included)."""
+    start = time.perf_counter()
+    MFCVAE(**{**params, "epochs": 1, "pretrain_epochs": 0}).fit(data)
+    one = time.perf_counter() - start
+    warmup = params.get("pretrain_epochs", 0) * one
+    return max(1, int((seconds - warmup) / one))
+
+
+def run(dataset: str, data: Dataset, variant: str, seed: int, epochs: int, budget: float | None, extra: dict) -> list[dict]:
+    params = {**params_for(variant, extra), "epochs": epochs, "seed": seed}
+    start = time.perf_counter()
+    model = MFCVAE(**params).fit(data)
+    seconds = time.perf_counter() - start
+    base = {"dataset": dataset, "n": len(data), "variant": variant, "seed": seed, "epochs": epochs,
+            "budget_seconds": budget or "", "train_seconds": round(seconds, 1), "machine": machine()}
+    kl = [model.history_[-1][f"kl_{j}"] for j in range(len(model.n_clusters))]
+    return [{**base, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+             "n_clusters": model.n_clusters[row["facet"]], "kl": round(kl[row["facet"]], 3)}
+            for row in model.evaluate(data)]
+
+
+def kmeans_rows(dataset: str, data: Dataset, k: int, seed: int) -> list[dict]:
+    result = kmeans_baseline(data.x[:], data.labels, k, seed)
+    return [{"dataset": dataset, "n": len(data), "variant": f"kmeans_K{k}", "seed": seed, "epochs": "",
+             "budget_seconds": "", "train_seconds": result["seconds"], "facet": "", "label": name,
+             "accuracy": scores["accuracy"], "nmi": scores["nmi"], "n_clusters": k, "machine": machine()}
+            for name, scores in result.items() if isinstance(scores, dict)]
+
+
+def summarise(rows: list[dict]) -> str:
+    """Per dataset x budget x variant x label: the best facet's accuracy (mean +- std over seeds),
+    its NMI, the smallest facet KL and active-cluster share, and the wall time."""
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    by_run: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_run[(r["dataset"], r["n"], r["variant"], r["seed"], r["epochs"], r["budget_seconds"])].append(r)
+    for (dataset, n, variant, seed, epochs, budget), run_rows in by_run.items():
+        for label in sorted({r["label"] for r in run_rows}):
+            mine = [r for r in run_rows if r["label"] == label]
+            best = max(mine, key=lambda r: float(r["accuracy"]))
+            g = groups[(dataset, n, budget or (f"{epochs} epochs" if epochs else "-"), variant, label)]
+            g["accuracy"].append(float(best["accuracy"]))
+            g["nmi"].append(float(best["nmi"]))
+            g["facet"].append(best["facet"])
+            g["seconds"].append(float(best["train_seconds"]))
+            if best.get("kl") not in ("", None):
+                g["min_kl"].append(min(float(r["kl"]) for r in mine))
+                g["active"].append(min(int(r["active_clusters"]) / int(r["n_clusters"]) for r in mine))
+    lines = ["| data | budget | variant | label | best-facet accuracy | NMI | facet | min KL (nats) | "
+             "min active share | seeds | train s |", "|" + "---|" * 11]
+    for (dataset, n, budget, variant, label), g in groups.items():
+        acc = np.array(g["accuracy"])
+        kl = f"{np.mean(g['min_kl']):.2f}" if g["min_kl"] else ""
+        active = f"{np.mean(g['active']):.2f}" if g["active"] else ""
+        budget = f"{budget} s" if str(budget).replace(".", "").isdigit() else budget
+        lines.append(f"| {dataset} {n} | {budget} | {variant} | {label} | {acc.mean():.3f} +- {acc.std():.3f} | "
+                     f"{np.mean(g['nmi']):.3f} | {'/'.join(str(f) for f in g['facet'])} | {kl} | {active} | "
+                     f"{len(acc)} | {np.mean(g['seconds']):.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=("fashion", "tinted", "demo"), default="fashion")
+    parser.add_argument("--n", type=int, help="use a random subset of this many examples")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int, nargs="+", default=[10])
+    budget.add_argument("--seconds", type=float, nargs="+", help="wall-clock budgets instead of epochs")
+    parser.add_argument("--variants", nargs="+", default=["paper"], choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change the recipe for every variant (value read as YAML)")
+    parser.add_argument("--no-kmeans", action="store_true", help="skip the k-means baseline")
+    parser.add_argument("--table", action="store_true", help="summarise every stored row; train nothing")
+    args = parser.parse_args()
+    if args.table:
+        with RESULTS.open() as f:
+            print(summarise(list(csv.DictReader(f))))
+        return
+
+    import yaml
+    extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    data = load_data(args.data, args.n)
+    rows = []
+    if not args.no_kmeans:
+        rows += kmeans_rows(args.data, data, max(params_for("paper", extra)["n_clusters"]), seed=0)
+    for variant in args.variants:
+        budgets = [(e, None) for e in args.epochs] if not args.seconds else \
+                  [(epochs_for(s, data, params_for(variant, extra)), s) for s in args.seconds]
+        for epochs, seconds in budgets:
+            for seed in args.seeds:
+                new = run(args.data, data, variant, seed, epochs, seconds, extra)
+                rows += new
+                best = max(new, key=lambda r: r["accuracy"])
+                print(f"{args.data} {variant} seed {seed} {epochs} epochs: {new[0]['train_seconds']} s, "
+                      f"best {best['label']} accuracy {best['accuracy']:.3f} (facet {best['facet']})", flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+    print(summarise([{k: str(v) for k, v in r.items()} for r in rows]))
+    print(f"\nappended to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""CI-sized smoke runs of the benchmark scripts: they train, score and write their results
+(the real runs are long and read Fashion-MNIST; these use the built-in demo data)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import budget  # noqa: E402
+
+
+def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(budget, "RESULTS", tmp_path / "budget.csv")
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--n", "300", "--epochs", "1",
+                                      "--variants", "paper", "free_bits", "--seeds", "0",
+                                      "--set", "hidden_dims=[32, 64]", "--set", "batch_size=64"])
+    budget.main()
+    with (tmp_path / "budget.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    runs = [r for r in rows if r["variant"] in ("paper", "free_bits")]
+    assert len(runs) == 2 * 2 * 2  # variants x facets x labels
+    assert {r["label"] for r in rows} == {"shape", "colour"}
+    assert all(float(r["kl"]) >= 0 and 0 < float(r["accuracy"]) <= 1 for r in runs)
+    assert any(r["variant"] == "kmeans_K10" for r in rows)
+    out = capsys.readouterr().out
+    assert "| demo 300 | 1 epochs | free_bits | shape |" in out
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--table"])
+    budget.main()
+    assert "| demo 300 | 1 epochs | paper | colour |" in capsys.readouterr().out
+
+
+def test_budget_seconds_become_epochs(monkeypatch):
+    """A wall-clock budget is turned into epochs by timing one epoch of the variant (warm-up epochs
+    counted against the budget too)."""
+    fits = []
+
+    class OneEpochTakesTwoSeconds:
+        def __init__(self, **params):
+            fits.append(params)
+
+        def fit(self, data):
+            return self
+
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(budget, "MFCVAE", OneEpochTakesTwoSeconds)
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: next(clock))
+    assert budget.epochs_for(9.0, data=None, params={"pretrain_epochs": 1}) == 3  # (9 - 2) // 2
+    assert fits == [{"pretrain_epochs": 0, "epochs": 1}]
+
+
+@pytest.mark.parametrize("variant", list(budget.VARIANTS))
+def test_every_variant_is_a_valid_estimator_configuration(variant):
+    from mfcvae import MFCVAE
+
+    params = budget.params_for(variant, {})
+    MFCVAE(**params)._train_config()
+    assert MFCVAE(**params)._model_config((1, 28, 28)).n_clusters == (10, 10)
