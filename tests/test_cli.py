@@ -120,8 +120,22 @@ def test_data_options_from_the_command_line_and_presets_that_do_not_apply(tmp_pa
     assert "takes no option ['split']" in capsys.readouterr().err
 
 
+def test_model_commands_part_needs_a_run_with_a_test_fraction(files, capsys):
+    assert fit(files) == 0
+    assert main(["evaluate", str(files / "run"), "--part", "test"]) == 2
+    assert "--part test needs a run fitted with test_fraction" in capsys.readouterr().err
+    assert main(["evaluate", str(files / "run")]) == 0  # the recorded data, all of it
+
+
+def test_only_the_demo_preset_defaults_to_the_built_in_data(tmp_path, capsys):
+    assert main(["fit", "--preset", "svhn", "--out", str(tmp_path / "r"), "--epochs", "1", "--quiet"]) == 2
+    assert "--data is needed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 ERRORS = {
     "missing data": (["--data", "nowhere.npz"], "no such file or folder"),
+    "bad yaml in --set": (["--set", "n_clusters=[4, 3"], "cannot read the value"),
     "unknown parameter": (["--set", "banana=1"], "unknown parameter"),
     "bad --set": (["--set", "epochs"], "field=value"),
     "bad value": (["--set", "covariance=spherical"], "covariance"),

@@ -322,7 +322,8 @@ def test_load_image_folder_errors_name_the_problem(tmp_path):
 def test_load_arrays_takes_integer_arrays_of_length_n_as_labels(tmp_path):
     x = np.random.default_rng(0).random((6, 4)).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, digit=np.arange(6), weights=np.ones(6), other=np.arange(3))
-    ds = load(tmp_path / "d.npz")
+    with pytest.warns(UserWarning, match=r"\['weights'\] have one entry per example but are not integers"):
+        ds = load(tmp_path / "d.npz")
     np.testing.assert_array_equal(ds.x[:], x)
     assert list(ds.labels) == ["digit"]
     np.save(tmp_path / "d.npy", x)
@@ -391,3 +392,56 @@ def test_make_tinted_colours_grey_images_and_adds_a_colour_label():
         make_tinted(tinted)
     with pytest.raises(ValueError, match="n_colours"):
         make_tinted(grey, n_colours=9)
+
+
+# --- edge cases: layouts, dispatch, chunked reads -------------------------------------------------
+
+def test_channel_last_images_are_refused_with_a_hint():
+    with pytest.raises(ValueError, match=r"channel-last.*transpose\(0, 3, 1, 2\)"):
+        Dataset(np.zeros((3, 32, 32, 3), np.uint8))
+    Dataset(np.zeros((3, 3, 32, 32), np.uint8))  # channels first is fine
+
+
+def test_labels_may_be_lists_and_idx_arrays_are_writable(tmp_path):
+    assert Dataset(np.zeros((3, 2), np.float32), {"y": [0, 1, 1]}).labels["y"].dtype == np.int64
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8))
+    assert load(tmp_path / "t10k-images-idx3-ubyte").x.raw.flags.writeable
+
+
+def test_load_picks_the_reader_by_what_the_path_holds(tmp_path):
+    from mfcvae.datasets import reader_for
+
+    write_mnist_folder(tmp_path / "mnist")
+    (tmp_path / "only_test").mkdir()
+    write_idx(tmp_path / "only_test" / "t10k-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8))
+    write_idx(tmp_path / "only_test" / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8))
+    write_png_classes(tmp_path / "pets")
+    (tmp_path / "pets" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (12, 10)).save(tmp_path / "pets" / ".ipynb_checkpoints" / "x.png")
+    assert reader_for(tmp_path / "mnist") is load_mnist
+    assert reader_for(tmp_path / "mnist" / "train-images-idx3-ubyte.gz") is load_idx
+    assert reader_for(tmp_path / "pets") is load_image_folder
+    assert set(load(tmp_path / "pets").labels["label"]) == {0, 1}  # the hidden folder is no class
+    assert len(load(tmp_path / "only_test", split="test")) == 2
+    with pytest.raises(FileNotFoundError, match="no train-images"):
+        load(tmp_path / "only_test")
+
+
+def test_3dshapes_reads_runs_longer_than_a_chunk(tmp_path, monkeypatch):
+    from mfcvae.datasets import shapes3d
+
+    index, images = write_3dshapes(tmp_path / "3dshapes.h5")
+    monkeypatch.setattr(shapes3d, "READ_CHUNK", 7)  # runs of 2 x 4 x 2 = 16 rows cross chunk borders
+    ds = load_3dshapes(tmp_path / "3dshapes.h5", config=1, size=None)
+    rows = np.flatnonzero((index[:, 1] == 5) & (index[:, 2] == 6))
+    np.testing.assert_array_equal(ds.x.raw[:, 0, 0, 0], images[rows, 0, 0, 0])
+    assert list(ds.labels)[:2] == ["shape", "floor_hue"]  # the paper's evaluation labels first
+
+
+def test_image_folder_scales_16_bit_greyscale(tmp_path):
+    (tmp_path / "deep").mkdir()
+    Image.fromarray(np.full((5, 5), 65535, np.uint16)).save(tmp_path / "deep" / "a.png")
+    Image.fromarray(np.full((5, 5), 257 * 100, np.uint16)).save(tmp_path / "deep" / "b.png")
+    ds = load_image_folder(tmp_path / "deep")
+    assert ds.x.shape == (2, 1, 5, 5)
+    np.testing.assert_array_equal(ds.x.raw[:, 0, 0, 0], [255, 100])

@@ -499,3 +499,21 @@ def test_predict_rejects_nan_and_strings(fitted, X):
 def test_predict_does_not_require_unit_interval(fitted, X):
     """Only training enforces the Bernoulli range; predicting on out-of-range data still works."""
     assert fitted.predict(X[:4] * 2).shape == (4, 2)
+
+
+def test_arrays_and_datasets_mix_freely(tiny_estimator):
+    """uint8 arrays are read as images (value / 255) as a Dataset reads them, and (N, H, W) and
+    (N, 1, H, W) are the same inputs; outputs keep the shape they were given."""
+    from mfcvae.datasets import Dataset
+
+    raw = np.random.default_rng(0).integers(0, 256, size=(70, 8, 8), dtype=np.uint8)
+    model = tiny_estimator().fit(raw[:, None] / np.float32(255))  # fitted on (N, 1, 8, 8) floats
+    expected = model.predict(raw[:, None] / np.float32(255))
+    np.testing.assert_array_equal(model.predict(raw), expected)  # uint8, no channel axis
+    np.testing.assert_array_equal(model.predict(Dataset(raw)), expected)
+    assert model.reconstruct(raw[:3]).shape == (3, 8, 8)
+    assert model.compose(raw[:2], raw[2:4], facet=0).shape == (2, 8, 8)
+    flat = tiny_estimator().fit(raw / np.float32(255))  # fitted on (N, 8, 8)
+    np.testing.assert_array_equal(flat.predict(Dataset(raw)), flat.predict(raw))
+    with pytest.raises(ValueError, match="channel-last"):
+        model.predict(np.zeros((2, 8, 8, 3), np.float32))

@@ -81,8 +81,16 @@ def test_fade_fraction_derivation_uses_shortest_later_stage():
 
 
 def test_explicit_fade_steps_override_fade_fraction():
-    sched = ProgressiveSchedule.from_config(cfg(stage_epochs=(5, 5), fade_steps=123, fade_fraction=0.1), 2, 10)
-    assert sched.fade_steps == 123
+    sched = ProgressiveSchedule.from_config(cfg(stage_epochs=(5, 5), fade_steps=23, fade_fraction=0.1), 2, 10)
+    assert sched.fade_steps == 23
+
+
+def test_a_fade_longer_than_its_stage_is_cut_to_the_stage_with_a_warning():
+    """The mnist preset's 15,000-batch fade on a small data set would never finish."""
+    with pytest.warns(UserWarning, match="fade-in is cut to the stage length"):
+        sched = ProgressiveSchedule.from_config(cfg(stage_epochs=(5, 5), fade_steps=123), 2, 10)
+    assert sched.fade_steps == 50
+    assert sched.weights(100).tolist() == [1.0, 1.0]
 
 
 def test_default_stages_split_mini_batches_so_a_one_epoch_run_passes_every_stage():

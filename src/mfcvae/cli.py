@@ -33,7 +33,6 @@ DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
               ".npy, .csv or a folder of images (one sub-folder per class, optionally)")
 DATA_FILE = "data.json"  # in a run folder: which data the run was fitted on, and how it was read
-REPORT_EXAMPLES = 10_000  # inputs `compose` searches for confident cluster members
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
@@ -41,7 +40,10 @@ def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
     if "=" not in text:
         raise ValueError(f"{flag} expects field=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{flag} {text!r}: cannot read the value: {err}") from err
 
 
 def load_data(spec: str, options: dict) -> Dataset:
@@ -121,6 +123,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume:
         spec, options = data_source(args, out)
     else:
+        if args.data is None and (args.config or args.preset != "demo"):
+            raise ValueError("--data is needed: only the demo preset trains on the built-in data by default "
+                             "(pass --data demo to use it anyway)")
         spec = args.data or DEMO_DATA
         options = merge_data_options(spec, data_options(args), preset_options)
     record = {"path": spec if spec == DEMO_DATA else str(Path(spec).resolve()), "options": dict(options)}
@@ -152,11 +157,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def _model_data(args: argparse.Namespace) -> Dataset:
     spec, options = data_source(args, args.model)
     test_fraction = options.pop("test_fraction", None)
-    if test_fraction and args.part != "all":
-        seed = MFCVAE.load(args.model, device="cpu").seed
-        train, test = load_data(spec, options).split(float(test_fraction), seed=seed)
-        return train if args.part == "train" else test
-    return load_data(spec, options)
+    if args.part == "all":
+        return load_data(spec, options)
+    if not test_fraction:
+        raise ValueError(f"--part {args.part} needs a run fitted with test_fraction, on its own data: {args.model} "
+                         "was fitted without one, or --data names other data")
+    seed = MFCVAE.load(args.model, device="cpu").seed
+    train, test = load_data(spec, options).split(float(test_fraction), seed=seed)
+    return train if args.part == "train" else test
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -195,12 +203,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_compose(args: argparse.Namespace) -> int:
     from .images import save_grid
     from .plots import composition_tiles
-    from .report import confident_members, swap_grid
+    from .report import confident_members, example_subset, swap_grid
 
     model = MFCVAE.load(args.model, device=args.device)
-    data = _model_data(args)
-    if len(data) > REPORT_EXAMPLES:  # enough to find confident members of every cluster
-        data = data.subset(np.sort(np.random.default_rng(0).choice(len(data), REPORT_EXAMPLES, replace=False)))
+    data = example_subset(_model_data(args))
     n_facets = len(model.cluster_weights_)
     if not 0 <= args.facet < n_facets:
         raise ValueError(f"--facet must be in [0, {n_facets}), got {args.facet}")

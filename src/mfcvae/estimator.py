@@ -80,7 +80,8 @@ class MFCVAE(BaseEstimator):
     architecture : "mlp", "conv" or "auto" (conv for colour images, (3, H, W) with H and W
         divisible by 2^J and >= 4 * 2^J; MLP for everything else).
     activation : "relu" or "elu"; default (None): relu for MLP, elu for conv (the paper's).
-    batch_norm : batch-norm after every hidden layer; default (None): off for MLP, on for conv.
+    batch_norm : batch-norm after the hidden layers (conv: every convolution); default (None):
+        off for MLP, on for conv.
     epochs, batch_size, lr : Adam optimisation.
     progressive : train facets one at a time, top first, each faded in (else all at once).
     stage_epochs : epochs per stage; default: equal stages. With a sum other than ``epochs``
@@ -289,7 +290,8 @@ class MFCVAE(BaseEstimator):
 
     def reconstruct(self, X) -> np.ndarray:
         """Decode the posterior means: an array shaped like X."""
-        return self._map(lambda xb: [self._decode_mean([m for m, _ in self.model_.encode(xb)])], self._inputs(X))[0]
+        out = self._map(lambda xb: [self._decode_mean([m for m, _ in self.model_.encode(xb)])], self._inputs(X))[0]
+        return out.reshape(_shape_of(X))
 
     def compose(self, X_a, X_b, facet: int) -> np.ndarray:
         """X_a with facet ``facet``'s latent taken from X_b (row by row), decoded."""
@@ -302,7 +304,7 @@ class MFCVAE(BaseEstimator):
         with torch.no_grad():
             parts = [self._decode_mean([torch.from_numpy(z[i:i + PREDICT_BATCH]) for z in za]).cpu().numpy()
                      for i in range(0, len(a), PREDICT_BATCH)]
-        return np.concatenate(parts)
+        return np.concatenate(parts).reshape(_shape_of(X_a))
 
     def sample(self, n: int, facet: int | None = None, cluster: int | None = None,
                temperature: float = 1.0, seed: int | None = None) -> np.ndarray:
@@ -370,6 +372,11 @@ class MFCVAE(BaseEstimator):
         est.input_shape_, est.history_ = tuple(config["input_shape"]), config["history"]
         est.n_features_in_ = int(np.prod(est.input_shape_))
         return est
+
+
+def _shape_of(X) -> tuple[int, ...]:
+    """The shape of validated inputs X as the caller gave them (a Dataset: its stored shape)."""
+    return tuple(X.x.shape) if isinstance(X, Dataset) else tuple(np.shape(X))
 
 
 def _as_tuple(name: str, value) -> tuple:

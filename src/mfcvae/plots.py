@@ -91,10 +91,11 @@ def cluster_order(proba: np.ndarray) -> list[int]:
     return [int(k) for k in np.argsort(-sizes, kind="stable")]
 
 
-def cluster_examples(x: np.ndarray, proba: np.ndarray, facet: int, per_cluster: int = 8,
+def cluster_examples(x, proba: np.ndarray, facet: int, per_cluster: int = 8,
                      clusters: list[int] | None = None) -> Figure:
     """One row per cluster of a facet (``clusters``, default all, largest first): its members,
-    most confident first; ``proba`` is that facet's q(c|x), shape (N, K). Empty rows stay blank."""
+    most confident first; ``x``: the inputs (an array or a Dataset's ``x``), ``proba``: that
+    facet's q(c|x), shape (N, K). Empty rows stay blank."""
     assigned = proba.argmax(1)
     clusters = cluster_order(proba) if clusters is None else clusters
     blank = np.ones((1, *x.shape[1:]), dtype=np.float32)

@@ -20,10 +20,10 @@ from matplotlib.figure import Figure
 from sklearn.utils.validation import check_is_fitted
 
 from . import plots
-from .datasets import Dataset
+from .datasets import Dataset, Inputs
 from .estimator import MFCVAE
 from .images import can_draw
-from .metrics import best_facet_per_label
+from .metrics import best_facet_per_label, evaluate_assignments
 
 
 @dataclass
@@ -59,10 +59,8 @@ def build_report(model: MFCVAE, data: Dataset | None, out: str | Path, options: 
 
     x = proba = None
     if data is not None:
-        rng = np.random.default_rng(options.seed)
-        idx = np.sort(rng.choice(len(data), min(len(data), options.max_examples), replace=False))
-        subset = data.subset(idx)
-        x, proba = subset.x[:], model.predict_proba(subset)
+        subset = example_subset(data, options.max_examples, options.seed)
+        x, proba = subset.x, model.predict_proba(subset)  # x stays compact: only what is drawn is converted
     assignments = None if proba is None else np.stack([p.argmax(1) for p in proba], axis=1)
     sections.append(Section("Mixture weights", [("weights", plots.mixture_weights(model.cluster_weights_, assignments),
                                                  "pi_j of each facet; beside it, the share of the inputs assigned to each "
@@ -97,7 +95,7 @@ def _summary(model: MFCVAE, data: Dataset | None, drawable: bool) -> Section:
     return Section("Model", text=text)
 
 
-def _facet_section(model: MFCVAE, facet: int, x: np.ndarray | None, proba: np.ndarray | None,
+def _facet_section(model: MFCVAE, facet: int, x: Inputs | None, proba: np.ndarray | None,
                    options: ReportOptions) -> Section:
     n_clusters = model.model_.cfg.n_clusters[facet]
     if proba is not None:
@@ -126,6 +124,14 @@ def _facet_section(model: MFCVAE, facet: int, x: np.ndarray | None, proba: np.nd
     return section
 
 
+def example_subset(data: Dataset, max_examples: int = 10_000, seed: int = 0) -> Dataset:
+    """A random subset of at most ``max_examples`` inputs (all of them if fewer), in their order:
+    enough to find each cluster's most confident members without predicting everything."""
+    if len(data) <= max_examples:
+        return data
+    return data.subset(np.sort(np.random.default_rng(seed).choice(len(data), max_examples, replace=False)))
+
+
 def swap_grid(model: MFCVAE, inputs: np.ndarray, facet: int) -> np.ndarray:
     """(n, n, ...): cell (r, c) is input r with facet ``facet``'s latent taken from input c."""
     n = len(inputs)
@@ -146,8 +152,8 @@ def confident_members(proba: np.ndarray, n: int) -> np.ndarray:
 
 
 def _evaluation_section(model: MFCVAE, data: Dataset) -> Section:
-    rows = model.evaluate(data)
     assignments = model.predict(data)
+    rows = evaluate_assignments(assignments, data.labels)
     best = {(r["facet"], r["label"]) for r in best_facet_per_label(rows).values()}
     header = "<tr><th>facet</th><th>label</th><th>accuracy (many-to-one)</th><th>Hungarian accuracy</th>" \
              "<th>NMI</th><th>ARI</th><th>active clusters</th></tr>"

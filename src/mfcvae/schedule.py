@@ -8,6 +8,7 @@ number serves as alpha_j and gamma_j, so ``weights(step)`` returns one vector.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -57,9 +58,15 @@ class ProgressiveSchedule:
         else:  # equal shares of the run's mini-batches, so even a 1-epoch run passes every stage
             scale = 1.0
             boundaries = [s * total // n_facets for s in range(n_facets + 1)]
-        if cfg.fade_steps is not None:
-            fade = round(cfg.fade_steps * scale)
-        else:
-            shortest_later_stage = min((b1 - b0 for b0, b1 in zip(boundaries[1:-1], boundaries[2:])), default=0)
+        shortest_later_stage = min((b1 - b0 for b0, b1 in zip(boundaries[1:-1], boundaries[2:])), default=0)
+        if cfg.fade_steps is None:
             fade = round(cfg.fade_fraction * shortest_later_stage)
+        else:
+            fade = round(cfg.fade_steps * scale)
+            if n_facets > 1 and fade > shortest_later_stage:
+                # A preset's fade length assumes its data set's size; on less data a facet
+                # would still be fading in when the run ends.
+                warnings.warn(f"fade_steps={fade} mini-batches is longer than a stage of this run "
+                              f"({shortest_later_stage}); the fade-in is cut to the stage length", stacklevel=2)
+                fade = shortest_later_stage
         return cls(n_facets, tuple(boundaries[:-1]), fade)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .datasets.base import Dataset
+from .datasets.base import Dataset, check_channels_first
 
 
 def check_inputs(
@@ -21,7 +21,9 @@ def check_inputs(
 ) -> np.ndarray:
     """Return X as a float32 array of shape (N, D), (N, H, W) or (N, C, H, W).
 
-    ``input_shape``: the per-example shape X must have (a fitted model's).
+    uint8 inputs are images: read as value / 255, as a Dataset reads them.
+    ``input_shape``: the per-example shape X must have (a fitted model's); (H, W) and
+    (1, H, W) count as the same shape, and X is reshaped to the model's.
     ``unit_interval``: require values in [0, 1] (the Bernoulli likelihood).
     """
     if torch.is_tensor(X):
@@ -43,11 +45,10 @@ def check_inputs(
         raise ValueError(f"{name} is empty (0 examples)")
     if 0 in X.shape[1:]:
         raise ValueError(f"{name} has an empty feature dimension: shape {X.shape}")
-    if input_shape is not None and tuple(X.shape[1:]) != tuple(input_shape):
-        raise ValueError(
-            f"{name} has examples of shape {tuple(X.shape[1:])}, but the model was fitted on {tuple(input_shape)}"
-        )
-    X = np.asarray(X, dtype=np.float32)
+    check_channels_first(X.shape, name)
+    if input_shape is not None:
+        X = X.reshape(len(X), *match_shape(tuple(X.shape[1:]), tuple(input_shape), name))
+    X = X.astype(np.float32) / np.float32(255) if X.dtype == np.uint8 else np.asarray(X, dtype=np.float32)
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     if unit_interval and (X.min() < 0 or X.max() > 1):
@@ -63,9 +64,8 @@ def check_dataset(ds: Dataset, *, input_shape: tuple[int, ...] | None = None, un
     ``check_inputs`` makes; uint8 images are in [0, 1] by construction."""
     raw = ds.x.raw
     name = f"data set {ds.name!r}" if ds.name else "the data set"
-    if input_shape is not None and tuple(raw.shape[1:]) != tuple(input_shape):
-        raise ValueError(f"{name} has examples of shape {tuple(raw.shape[1:])}, "
-                         f"but the model was fitted on {tuple(input_shape)}")
+    if input_shape is not None:
+        raw = raw.reshape(len(raw), *match_shape(tuple(raw.shape[1:]), tuple(input_shape), name))
     if raw.dtype == np.float32:
         check_inputs(raw, name=name, unit_interval=unit_interval)
     return raw
@@ -78,3 +78,10 @@ def as_tensor(X: object, *, name: str = "X", input_shape: tuple[int, ...] | None
     if isinstance(X, Dataset):
         return torch.from_numpy(check_dataset(X, input_shape=input_shape, unit_interval=unit_interval))
     return torch.from_numpy(check_inputs(X, name=name, input_shape=input_shape, unit_interval=unit_interval))
+
+
+def match_shape(shape: tuple[int, ...], expected: tuple[int, ...], name: str) -> tuple[int, ...]:
+    """``expected`` if ``shape`` is it, or differs from it only by a leading channel axis of 1."""
+    if shape == expected or (1, *shape) == expected or shape == (1, *expected):
+        return expected
+    raise ValueError(f"{name} has examples of shape {shape}, but the model was fitted on {expected}")

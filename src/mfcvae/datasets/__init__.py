@@ -14,7 +14,7 @@ from pathlib import Path
 from .arrays import load_arrays
 from .base import Dataset, Inputs
 from .folder import IMAGE_SUFFIXES, load_image_folder
-from .idx import labels_file_for, load_idx, load_mnist, read_idx
+from .idx import load_idx, load_mnist, read_idx
 from .shapes import make_shapes
 from .shapes3d import CONFIGS as SHAPES3D_CONFIGS
 from .shapes3d import load_3dshapes
@@ -35,7 +35,7 @@ def reader_for(path: str | Path) -> Callable[..., Dataset]:
         return load_mnist if any(path.glob("*-images*idx3-ubyte*")) else load_image_folder
     name, suffix = path.name.lower(), path.suffix.lower()
     if "idx3-ubyte" in name:
-        return _load_idx_file
+        return load_idx
     if suffix == ".mat":
         return load_svhn
     if suffix in (".h5", ".hdf5"):
@@ -57,7 +57,7 @@ def load(path: str | Path, **options) -> Dataset:
     """Read any supported data set; ``options`` go to the reader chosen:
 
     - a folder holding ``train-images-idx3-ubyte[.gz]`` etc.: ``load_mnist`` (split=...);
-    - an IDX image file ``*-images-idx3-ubyte[.gz]``: its label file is found beside it;
+    - an IDX image file ``*-images-idx3-ubyte[.gz]``: ``load_idx`` (its label file is found beside it);
     - ``*.mat``: ``load_svhn``;  ``*.h5`` / ``*.hdf5``: ``load_3dshapes`` (config=..., fixed=..., size=...);
     - ``*.npz`` / ``*.npy`` / ``*.csv``: ``load_arrays``;
     - any other folder: ``load_image_folder`` (size=...).
@@ -68,8 +68,3 @@ def load(path: str | Path, **options) -> Dataset:
         raise ValueError(f"{path} is read by {reader.__name__}, which takes no option {unknown}; "
                          f"its options: {reader_options(reader) or 'none'}")
     return reader(path, **options)
-
-
-def _load_idx_file(path: str | Path) -> Dataset:
-    """One IDX image file and, if it lies beside it, its label file."""
-    return load_idx(path, labels_file_for(Path(path)))

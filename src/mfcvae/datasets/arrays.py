@@ -7,6 +7,7 @@ feature vectors (embeddings, tabular data) go with the Gaussian likelihood.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,12 @@ def load_arrays(path: str | Path) -> Dataset:
     if "x" not in arrays:
         raise ValueError(f"{path} has no array named 'x' (found: {sorted(arrays)})")
     x = arrays.pop("x")
-    labels = {k: v for k, v in arrays.items()
-              if v.ndim == 1 and len(v) == len(x) and np.issubdtype(v.dtype, np.integer)}
-    return Dataset(x, labels, name=path.name)
+    labels = {k: v for k, v in arrays.items() if v.ndim == 1 and len(v) == len(x)}
+    ignored = sorted(k for k, v in labels.items() if not np.issubdtype(v.dtype, np.integer))
+    if ignored:
+        warnings.warn(f"{path}: arrays {ignored} have one entry per example but are not integers; "
+                      "they are not used as labels (labels must be integer class ids)", stacklevel=2)
+    return Dataset(x, {k: v for k, v in labels.items() if k not in ignored}, name=path.name)
 
 
 def _read_csv(path: Path) -> np.ndarray:

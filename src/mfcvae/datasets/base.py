@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def check_channels_first(shape: tuple[int, ...], name: str) -> None:
+    """Images must be (N, C, H, W): catch the common channel-last layout (N, H, W, C) early."""
+    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) and shape[2] > 4:
+        raise ValueError(f"{name} of shape {shape} look channel-last (N, H, W, C); mfcvae takes images as "
+                         f"(N, C, H, W): use x.transpose(0, 3, 1, 2)")
+
+
 class Inputs:
     """Array-like view of a data set's inputs: ``inputs[idx]`` is float32, images in [0, 1].
 
@@ -32,6 +39,7 @@ class Inputs:
             raw = raw[:, None]
         if raw.ndim not in (2, 4):
             raise ValueError(f"inputs must be (N, D) vectors or (N, [C,] H, W) images, got shape {raw.shape}")
+        check_channels_first(raw.shape, "inputs")
         self.raw = raw
 
     @property
@@ -46,7 +54,7 @@ class Inputs:
         return part.astype(np.float32) / 255.0 if self.raw.dtype == np.uint8 else part
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        """``np.asarray(ds.x)``: everything as float32 (this is the one place that materialises it)."""
+        """``np.asarray(ds.x)``: everything as float32, like ``ds.x[:]``."""
         out = self[:]
         return out if dtype is None else out.astype(dtype)
 
@@ -70,6 +78,7 @@ class Dataset:
             self.x = Inputs(self.x)
         if len(self.x) == 0:
             raise ValueError(f"data set {self.name!r} is empty")
+        self.labels = {k: np.asarray(v) for k, v in self.labels.items()}
         for key, y in self.labels.items():
             if y.ndim != 1 or len(y) != len(self.x) or not np.issubdtype(y.dtype, np.integer):
                 raise ValueError(f"label {key!r} must be an integer array of length {len(self.x)}, "

@@ -34,7 +34,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     expected = header + int(np.prod(shape))
     if len(data) != expected:
         raise ValueError(f"{path} is truncated or corrupt: header says {shape} ({expected} bytes), file has {len(data)}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header).reshape(shape)  # writable, for torch
 
 
 def labels_file_for(images: Path) -> Path | None:
@@ -45,7 +45,9 @@ def labels_file_for(images: Path) -> Path | None:
 
 
 def load_idx(images: str | Path, labels: str | Path | None = None) -> Dataset:
-    """One image file (and its label file, if given) as a Dataset of (N, 1, H, W) uint8 images."""
+    """One image file as a Dataset of (N, 1, H, W) uint8 images, labelled from ``labels`` or,
+    by default, from the label file MNIST ships beside it (if it is there)."""
+    labels = labels if labels is not None else labels_file_for(Path(images))
     x = read_idx(images)
     if x.ndim != 3:
         raise ValueError(f"{images} holds labels, not images")

@@ -65,7 +65,8 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
     ``config``: 1 or 2, the paper's configurations (CONFIGS); ``fixed``: your own selection
     (factor name -> value index, e.g. {"shape": 0}); neither: all 480,000 images.
     ``size``: resize (bilinear) to size x size, as the paper does (32); None keeps 64.
-    Labels: every factor that varies in the selection, named as in FACTORS.
+    Labels: every factor that varies in the selection, named as in FACTORS; with ``config``,
+    the paper's evaluation labels come first.
     """
     import h5py
 
@@ -108,8 +109,9 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
             raise ValueError(f"{path}: no image has {fixed}")
         x = _read_rows(images, rows, size)
 
-    labels = {name: factors[rows, col] for col, name in enumerate(FACTORS)
-              if name not in fixed and len(np.unique(factors[rows, col])) > 1}
+    order = [*(CONFIGS[config].evaluation if config else ()), *FACTORS]
+    labels = {name: factors[rows, list(FACTORS).index(name)] for name in dict.fromkeys(order)
+              if name not in fixed and len(np.unique(factors[rows, list(FACTORS).index(name)])) > 1}
     return Dataset(x, labels, name=f"3dshapes config {config}" if config else path.name)
 
 
