@@ -136,6 +136,10 @@ def test_only_the_demo_preset_defaults_to_the_built_in_data(tmp_path, capsys):
 ERRORS = {
     "missing data": (["--data", "nowhere.npz"], "no such file or folder"),
     "bad yaml in --set": (["--set", "n_clusters=[4, 3"], "cannot read the value"),
+    "string lr": (["--set", "lr=fast"], "lr must be a number"),
+    "float seed": (["--set", "seed=1.5"], "seed must be a non-negative integer"),
+    "not a bool": (["--set", "progressive=maybe"], "progressive must be true or false"),
+    "resume with a preset": (["--resume", "--preset", "svhn"], "drop --preset/--config"),
     "unknown parameter": (["--set", "banana=1"], "unknown parameter"),
     "bad --set": (["--set", "epochs"], "field=value"),
     "bad value": (["--set", "covariance=spherical"], "covariance"),
@@ -148,7 +152,7 @@ def test_fit_errors_exit_2_with_a_message(files, capsys, name):
     extra, message = ERRORS[name]
     argv = ["fit", "--config", str(files / "tiny.yaml"), "--data", str(files / "data.npz"),
             "--out", str(files / "fresh"), "--quiet", *extra]
-    if name == "resume nothing":
+    if name.startswith("resume"):
         argv.remove("--config"), argv.remove(str(files / "tiny.yaml"))
     assert main(argv) == 2
     assert message in capsys.readouterr().err
@@ -172,3 +176,55 @@ def test_model_commands_report_a_missing_model(files, capsys):
 def test_help_everywhere(command):
     result = subprocess.run([sys.executable, "-m", "mfcvae.cli", *command, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "usage: mfcvae" in result.stdout
+
+
+def test_numbers_read_as_python_reads_them(files, tmp_path):
+    """1e-3 is a number in --set and in config files (plain YAML 1.1 would read a string), None is null."""
+    config = yaml.safe_load((files / "tiny.yaml").read_text())
+    text = yaml.safe_dump(config).replace("lr: 0.001", "lr: 1e-3")
+    (files / "sci.yaml").write_text(text)
+    assert "1e-3" in text
+    assert main(["fit", "--config", str(files / "sci.yaml"), "--data", str(files / "data.npz"), "--out",
+                 str(tmp_path / "r"), "--quiet", "--set", "lr=2e-3", "--set", "fade_steps=None"]) == 0
+    model = MFCVAE.load(tmp_path / "r")
+    assert model.lr == 2e-3 and model.fade_steps is None
+
+
+def test_resume_on_other_data_is_refused(files, capsys):
+    assert fit(files) == 0
+    x = np.load(files / "data.npz")["x"]
+    np.savez(files / "other.npz", x=x[::-1].copy())
+    assert main(["fit", "--out", str(files / "run"), "--data", str(files / "other.npz"), "--resume", "--epochs", "3",
+                 "--quiet"]) == 2
+    assert "trained on other data" in capsys.readouterr().err
+    np.savez(files / "small.npz", x=x[:, :, :4, :4].copy())
+    assert main(["fit", "--out", str(files / "run"), "--data", str(files / "small.npz"), "--resume", "--epochs", "3",
+                 "--quiet"]) == 2
+    assert "trained on other data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compose", "{run}", "--facet", "0", "--n", "0", "--out", "{tmp}/c.png"], "1 to 32 inputs a side"),
+    (["compose", "{run}", "--facet", "0", "--n", "100", "--out", "{tmp}/c.png"], "1 to 32 inputs a side"),
+    (["report", "{run}", "--max-clusters", "0"], "max_clusters must be a positive integer"),
+    (["sample", "{run}", "--temperature", "-1", "--out", "{tmp}/s.png"], "temperature must be a number >= 0"),
+    (["sample", "{run}", "--out", "{tmp}/s"], "ending in .png"),
+    (["evaluate", "{run}", "--data-option", "test_fraction=0.5"], "keeps its own split"),
+])
+def test_model_command_arguments_are_checked(files, capsys, argv, message):
+    assert fit(files) == 0
+    argv = [a.format(run=files / "run", tmp=files) for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_config_data_options_are_checked_and_a_new_run_clears_old_results(files, tmp_path, capsys):
+    config = {**TINY_CONFIG, "data": {"sise": 16}}
+    (files / "typo.yaml").write_text(yaml.safe_dump(config))
+    assert main(["fit", "--config", str(files / "typo.yaml"), "--data", str(files / "data.npz"), "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    assert "unknown data option(s) ['sise']" in capsys.readouterr().err
+    assert fit(files) == 0 and main(["report", str(files / "run")]) == 0
+    assert (files / "run" / "report.html").exists()
+    assert fit(files, "--overwrite") == 0
+    assert not (files / "run" / "report.html").exists() and not list((files / "run").glob("report_*.png"))

@@ -229,6 +229,8 @@ def test_load_3dshapes_config_selects_by_factor_and_resizes(tmp_path):
     np.testing.assert_array_equal(ds.labels["scale"], index[rows, 3])  # indices into the value grid: 0 and 7
     full = load_3dshapes(tmp_path / "3dshapes.h5", size=None)
     assert full.x.shape == (len(index), 3, 64, 64) and "wall_hue" in full.labels
+    narrower = load_3dshapes(tmp_path / "3dshapes.h5", config=1, fixed={"shape": 0})  # on top of the config's
+    assert len(narrower) == len(rows) // 4 and "shape" not in narrower.labels
     mine = load_3dshapes(tmp_path / "3dshapes.h5", fixed={"shape": 2, "wall_hue": 4}, size=16)
     assert mine.x.shape[1:] == (3, 16, 16) and (mine.labels["floor_hue"] >= 0).all()
     assert len(mine) == np.sum((index[:, 4] == 2) & (index[:, 1] == 4))
@@ -353,6 +355,10 @@ def test_load_arrays_errors_name_the_problem(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="cannot read"):
         load_arrays(tmp_path / "bad.npz")
+    np.savez(tmp_path / "cut.npz", x=np.zeros((50, 4)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "cut.npz").read_bytes()[:-40])
+    with pytest.raises(ValueError, match="cannot read"):
+        load_arrays(tmp_path / "cut.npz")
     (tmp_path / "ragged.csv").write_text("1,2\n3\n")
     with pytest.raises(ValueError, match="cannot read"):
         load_arrays(tmp_path / "ragged.csv")

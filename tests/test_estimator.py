@@ -457,6 +457,8 @@ BAD_PARAMS = {
     "fade_fraction": (dict(fade_fraction=2.0), "fade_fraction"),
     "free_bits": (dict(free_bits=-1.0), "free_bits"),
     "pretrain_epochs": (dict(pretrain_epochs=-1), "pretrain_epochs"),
+    "learn_weights not a bool": (dict(learn_weights=2), "learn_weights"),
+    "lr a string": (dict(lr="1e-3"), "lr must be a number"),
 }
 
 
@@ -496,9 +498,12 @@ def test_predict_rejects_nan_and_strings(fitted, X):
         fitted.predict(np.full((2, 3, 8, 8), "x"))
 
 
-def test_predict_does_not_require_unit_interval(fitted, X):
-    """Only training enforces the Bernoulli range; predicting on out-of-range data still works."""
-    assert fitted.predict(X[:4] * 2).shape == (4, 2)
+def test_predict_requires_the_unit_interval_of_a_bernoulli_model(fitted, X, tiny_estimator):
+    """0..255 floats given to a Bernoulli model are a mistake at predict time as at fit time."""
+    with pytest.raises(ValueError, match=r"Bernoulli likelihood needs \[0, 1\]"):
+        fitted.predict(X[:4] * 255)
+    gaussian = tiny_estimator(likelihood="gaussian", epochs=1).fit(X)
+    assert gaussian.predict(X[:4] * 2).shape == (4, 2)
 
 
 def test_arrays_and_datasets_mix_freely(tiny_estimator):

@@ -23,3 +23,18 @@ def test_a_trailing_batch_of_one_trains_with_batch_norm(tiny_estimator, X):
     """65 examples, batches of 64: one step per epoch, the schedule agrees, batch-norm does not fail."""
     model = tiny_estimator(batch_norm=True, epochs=2).fit(X[:65])
     assert [row["step"] for row in model.history_] == [1, 2]
+
+
+def test_batch_norm_statistics_are_recalibrated_after_training(tiny_estimator):
+    """After fit, a batch-norm layer's running mean is the plain average of its inputs over the
+    training batches (not a momentum-lagged estimate), here for the encoder's first layer."""
+    import numpy as np
+    import torch
+
+    x = np.random.default_rng(0).random((96, 3, 16, 16), dtype=np.float32)
+    model = tiny_estimator(architecture="conv", hidden_dims=(4, 8), batch_size=32, epochs=1).fit(x)
+    conv, norm = model.model_.encoder.blocks[0][0], model.model_.encoder.blocks[0][1]
+    with torch.no_grad():
+        features = conv(torch.from_numpy(x))  # every example falls in one of the 3 batches used
+    torch.testing.assert_close(norm.running_mean, features.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert norm.momentum == 0.1 and not model.model_.training

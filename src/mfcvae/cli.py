@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import list_presets, preset_path, read_config
-from .datasets import Dataset, load, make_shapes, reader_for, reader_options
+from .config import list_presets, preset_path, read_config, yaml_load
+from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load_image_folder, load_mnist, load_svhn,
+                       make_shapes, reader_for, reader_options)
 from .estimator import MFCVAE
 from .metrics import format_table
 from .train import CHECKPOINT_FILE, read_checkpoint_metadata
@@ -33,6 +34,9 @@ DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
               ".npy, .csv or a folder of images (one sub-folder per class, optionally)")
 DATA_FILE = "data.json"  # in a run folder: which data the run was fitted on, and how it was read
+ALL_READER_OPTIONS = {o for r in (load_mnist, load_idx, load_svhn, load_3dshapes, load_arrays, load_image_folder)
+                      for o in reader_options(r)}
+STALE_OUTPUTS = ("evaluation.json", "report.html", "report_*.png")  # removed by fit --overwrite
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
@@ -41,7 +45,7 @@ def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
         raise ValueError(f"{flag} expects field=value, got {text!r}")
     key, value = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), yaml_load(value)
     except yaml.YAMLError as err:
         raise ValueError(f"{flag} {text!r}: cannot read the value: {err}") from err
 
@@ -64,6 +68,10 @@ def merge_data_options(spec: str, options: dict, preset_options: dict) -> dict:
     option that does not fit this kind of data, e.g. 3DShapes' config for a .npz, is skipped
     with a note). ``test_fraction`` applies to every kind of data."""
     accepted = {"test_fraction", *([] if spec == DEMO_DATA else reader_options(reader_for(spec)))}
+    unknown = sorted(set(preset_options) - {"test_fraction", *ALL_READER_OPTIONS})
+    if unknown:
+        raise ValueError(f"unknown data option(s) {unknown} in the configuration; options: "
+                         f"{', '.join(sorted({'test_fraction', *ALL_READER_OPTIONS}))}")
     merged = dict(options)
     for key, value in preset_options.items():
         if key in accepted:
@@ -77,6 +85,9 @@ def data_source(args: argparse.Namespace, model_dir: str | Path) -> tuple[str, d
     """(data path, options) for a command: --data and --data-option if given, else what the
     run in ``model_dir`` was fitted on (its data.json); the same path keeps its recorded options."""
     options = data_options(args)
+    if "test_fraction" in options:
+        raise ValueError("test_fraction is chosen when a run is fitted; afterwards the run keeps its own split "
+                         "(see --part)")
     record = Path(model_dir) / DATA_FILE
     stored = json.loads(record.read_text()) if record.is_file() else None
     if args.data is None:
@@ -95,12 +106,15 @@ def _same_path(a: str, b: str) -> bool:
 def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
     """(estimator parameters, preset data options) from --preset/--config, then --epochs/--seed/--device/--set."""
     if args.resume:
+        if args.preset or args.config:
+            raise ValueError("--resume continues a run with its own configuration: drop --preset/--config "
+                             "(change epochs with --epochs)")
         checkpoint = Path(args.out) / CHECKPOINT_FILE
         if not checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
         params, data_options = read_checkpoint_metadata(checkpoint), {}
     else:
-        params, data_options = read_config(args.config if args.config else preset_path(args.preset))
+        params, data_options = read_config(args.config if args.config else preset_path(args.preset or "demo"))
     overrides = dict(parse_assignment(s) for s in args.set)
     for name in ("epochs", "seed", "device"):
         if getattr(args, name) is not None:
@@ -123,7 +137,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.resume:
         spec, options = data_source(args, out)
     else:
-        if args.data is None and (args.config or args.preset != "demo"):
+        if args.data is None and (args.config or (args.preset or "demo") != "demo"):
             raise ValueError("--data is needed: only the demo preset trains on the built-in data by default "
                              "(pass --data demo to use it anyway)")
         spec = args.data or DEMO_DATA
@@ -139,6 +153,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = MFCVAE(**params)
     if not args.resume:  # record the data, so that --resume and the model commands find it again
         out.mkdir(parents=True, exist_ok=True)
+        for pattern in STALE_OUTPUTS:  # an older run's results would not describe this one
+            for stale in out.glob(pattern):
+                stale.unlink()
         (out / DATA_FILE).write_text(json.dumps(record, indent=2))
     try:
         model.fit(parts["train"], run_dir=out, resume=args.resume)
@@ -203,8 +220,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_compose(args: argparse.Namespace) -> int:
     from .images import save_grid
     from .plots import composition_tiles
-    from .report import confident_members, example_subset, swap_grid
+    from .report import ReportOptions, confident_members, example_subset, swap_grid
 
+    ReportOptions(n_compose=args.n)  # checks --n
     model = MFCVAE.load(args.model, device=args.device)
     data = example_subset(_model_data(args))
     n_facets = len(model.cluster_weights_)
@@ -247,7 +265,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit", help="train a model", description="Train a model and write it to --out.")
     source = fit.add_mutually_exclusive_group()
-    source.add_argument("--preset", default="demo", help="named configuration (see `mfcvae presets`; default demo)")
+    source.add_argument("--preset", help="named configuration (see `mfcvae presets`; default demo)")
     source.add_argument("--config", help="YAML file of estimator parameters")
     fit.add_argument("--data", help=f"'demo' (built-in, the default) or a path: {DATA_KINDS}")
     fit.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",

@@ -7,6 +7,8 @@ work starts.
 
 from __future__ import annotations
 
+import numbers
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,37 @@ POSTERIORS = ("exact", "mc")
 ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "elu")
 INITS = ("gmm", "random")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: 1e-3 is a float (plain YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.\d*(?:[eE][-+]?\d+)?|\d[\d_]*[eE][-+]?\d+|\.\d+(?:[eE][-+]?\d+)?"
+               r"|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> object:
+    """Parse YAML; ``1e-3`` is a number and ``None`` means null, as a Python user expects."""
+    value = yaml.load(text, Loader=_Loader)
+    return None if value == "None" else value
+
+
+def _check_real(name: str, value: object, low: float | None = None, low_open: bool = False) -> None:
+    """A real number (not a bool), at least (or, with ``low_open``, above) ``low``."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+
+
+def _check_bool(name: str, value: object) -> None:
+    if isinstance(value, str) or value not in (True, False):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
@@ -64,10 +97,9 @@ class ModelConfig:
         _check_choice("posterior", self.posterior, POSTERIORS)
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("activation", self.activation, ACTIVATIONS)
-        if not isinstance(self.batch_norm, bool):
-            raise ValueError(f"batch_norm must be true or false, got {self.batch_norm!r}")
-        if not self.likelihood_scale > 0:
-            raise ValueError(f"likelihood_scale must be > 0, got {self.likelihood_scale!r}")
+        _check_bool("batch_norm", self.batch_norm)
+        _check_bool("learn_weights", self.learn_weights)
+        _check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
 
     @property
     def n_facets(self) -> int:
@@ -99,8 +131,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_positive_ints("epochs", (self.epochs,))
         _check_positive_ints("batch_size", (self.batch_size,))
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        _check_real("lr", self.lr, 0, low_open=True)
+        _check_bool("progressive", self.progressive)
+        _check_bool("refit_on_stage", self.refit_on_stage)
+        _check_real("fade_fraction", self.fade_fraction)
+        _check_real("free_bits", self.free_bits)
+        if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.stage_epochs is not None:
             _check_positive_ints("stage_epochs", self.stage_epochs)
         if self.fade_steps is not None and not (isinstance(self.fade_steps, int) and self.fade_steps >= 0):
@@ -116,7 +153,7 @@ class TrainConfig:
 
 def list_presets() -> dict[str, str]:
     """Preset name -> its one-line description."""
-    return {p.stem: yaml.safe_load(p.read_text()).get("description", "") for p in sorted(PRESET_DIR.glob("*.yaml"))}
+    return {p.stem: yaml_load(p.read_text()).get("description", "") for p in sorted(PRESET_DIR.glob("*.yaml"))}
 
 
 def preset_path(name: str) -> Path:
@@ -141,7 +178,7 @@ def read_config(path: str | Path) -> tuple[dict, dict]:
     holds options for reading the data (e.g. ``config: 1`` for 3DShapes, ``test_fraction``)."""
     path = Path(path)
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise ValueError(f"cannot read config file {path}: {err}") from err
     if not isinstance(params, dict):

@@ -8,6 +8,7 @@ nothing of layer shapes (model.py) or of command lines (cli.py).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, write_model_dir
-from .train import CHECKPOINT_FILE, Trainer, initialise_priors, map_batches, read_checkpoint_metadata
+from .train import (CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches,
+                    read_checkpoint_metadata, recalibrate_batch_norm)
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -181,7 +183,7 @@ class MFCVAE(BaseEstimator):
                 if len(n_clusters) > 1 else (500,)
         return ModelConfig(
             input_shape=input_shape, n_clusters=n_clusters, latent_dims=latent_dims,
-            hidden_dims=hidden_dims, covariance=self.covariance, learn_weights=bool(self.learn_weights),
+            hidden_dims=hidden_dims, covariance=self.covariance, learn_weights=self.learn_weights,
             likelihood=self.likelihood, likelihood_scale=self.likelihood_scale, posterior=self.posterior,
             architecture=architecture, activation=self.activation or ("elu" if conv else "relu"),
             batch_norm=conv if self.batch_norm is None else self.batch_norm,
@@ -198,9 +200,10 @@ class MFCVAE(BaseEstimator):
     def _train_config(self) -> TrainConfig:
         stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, progressive=bool(self.progressive),
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, progressive=self.progressive,
             stage_epochs=stage_epochs, fade_steps=self.fade_steps, fade_fraction=self.fade_fraction,
-            init=self.init, pretrain_epochs=self.pretrain_epochs, refit_on_stage=bool(self.refit_on_stage), free_bits=self.free_bits, seed=self.seed,
+            init=self.init, pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
+            free_bits=self.free_bits, seed=self.seed,
         )
 
     # --- training ------------------------------------------------------------------
@@ -227,7 +230,11 @@ class MFCVAE(BaseEstimator):
 
         with seeded(self.seed, device):
             model = MultiFacetVAE(model_cfg).to(device)
-            trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose, metadata=self.get_params())
+            with warnings.catch_warnings():
+                if resume:  # the checkpoint's schedule replaces the one built here: no warnings about it
+                    warnings.simplefilter("ignore", UserWarning)
+                trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose,
+                                  metadata=self.get_params(), data_id=data_fingerprint(x))
             if resume:
                 trainer.load_checkpoint(checkpoint)
             else:
@@ -237,6 +244,7 @@ class MFCVAE(BaseEstimator):
                     for stale in ("metrics.csv", CHECKPOINT_FILE):
                         (Path(run_dir) / stale).unlink(missing_ok=True)
             trainer.run(x)
+            recalibrate_batch_norm(model, x, train_cfg.batch_size, device, train_cfg.seed)
 
         self.model_, self.input_shape_, self.history_ = model.eval(), tuple(x.shape[1:]), trainer.history
         self.n_features_in_ = int(np.prod(self.input_shape_))
@@ -260,7 +268,7 @@ class MFCVAE(BaseEstimator):
 
     def _inputs(self, X, name: str = "X") -> torch.Tensor:
         self._check_fitted()
-        return as_tensor(X, name=name, input_shape=self.input_shape_)
+        return as_tensor(X, name=name, input_shape=self.input_shape_, unit_interval=self.likelihood == "bernoulli")
 
     @property
     def _device(self) -> torch.device:
@@ -315,6 +323,8 @@ class MFCVAE(BaseEstimator):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if cluster is not None and facet is None:
             raise ValueError("cluster needs facet: say which facet's cluster to sample from")
+        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         if facet is not None:
             self._check_facet(facet)
         if cluster is not None:
@@ -338,6 +348,8 @@ class MFCVAE(BaseEstimator):
         labels of a Dataset X)."""
         if labels is None and isinstance(X, Dataset):
             labels = X.labels
+        if labels is None:
+            raise TypeError("evaluate needs labels: a dict of label name -> (N,) array, or a Dataset that has them")
         if not isinstance(labels, dict):
             raise TypeError("labels must be a dict of label name -> (N,) array")
         return evaluate_assignments(self.predict(X), labels)

@@ -45,10 +45,12 @@ def grid(x: np.ndarray, ncol: int, pad: int = 1) -> np.ndarray:
 
 def save_grid(x: np.ndarray, path: str | Path, ncol: int, scale: int = 4) -> Path:
     """Write a PNG grid of ``x``, each pixel enlarged ``scale`` times."""
+    path = Path(path)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"cannot write an image to {path}: give a file name ending in .png")
     g = grid(x, ncol)
     image = Image.fromarray(g[..., 0] if g.shape[-1] == 1 else g)
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path

@@ -33,6 +33,9 @@ class Section:
     text: str = ""  # HTML put before the figures
 
 
+MAX_COMPOSE = 32  # inputs a side of a compositionality grid (its decodes grow as the square)
+
+
 @dataclass(frozen=True)
 class ReportOptions:
     per_cluster: int = 8  # inputs shown per cluster
@@ -42,6 +45,15 @@ class ReportOptions:
     max_examples: int = 10_000  # inputs used for the example grids (metrics use all)
     temperature: float = 1.0  # prior temperature for generation (the paper: 1 on MNIST, 0.3 elsewhere)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("per_cluster", "n_samples", "max_clusters", "max_examples"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (isinstance(self.n_compose, int) and 1 <= self.n_compose <= MAX_COMPOSE):
+            raise ValueError(f"the compositionality grid takes 1 to {MAX_COMPOSE} inputs a side, got {self.n_compose!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
 
 
 def build_report(model: MFCVAE, data: Dataset | None, out: str | Path, options: ReportOptions = ReportOptions()) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
+from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
@@ -48,6 +50,15 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
+
+
+def data_fingerprint(x: torch.Tensor) -> str:
+    """A cheap identity of a training set (its shape and 256 examples spread over it), so that
+    a resumed run can tell it is given other data."""
+    picks = torch.linspace(0, len(x) - 1, min(len(x), 256)).long()
+    digest = hashlib.sha1(str((tuple(x.shape), x.dtype)).encode())
+    digest.update(x[picks].contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def to_model_input(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -94,6 +105,33 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
         prior.set_means(torch.from_numpy(centres))
 
 
+@torch.no_grad()
+def recalibrate_batch_norm(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, device: torch.device,
+                           seed: int, max_batches: int = 50) -> None:
+    """Re-estimate every batch-norm layer's running statistics as plain averages over up to
+    ``max_batches`` random training batches, with the weights as trained.
+
+    The running averages kept during training trail the weights (momentum 0.1); after a short
+    run they are far off, and an eval-mode encoder then maps every input to nearly the same
+    latent, i.e. one cluster.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    for lo, hi in batch_bounds(len(x), batch_size)[:max_batches]:
+        xb = to_model_input(x[order[lo:hi]], device)
+        model.decode([m for m, _ in model.encode(xb)])  # encoder and decoder layers both see data
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 class Trainer:
     def __init__(
         self,
@@ -104,10 +142,12 @@ class Trainer:
         run_dir: str | Path | None = None,
         verbose: bool = True,
         metadata: dict | None = None,
+        data_id: str = "",
     ):
         self.model, self.cfg, self.device, self.verbose = model, cfg, device, verbose
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.metadata = metadata or {}  # stored in every checkpoint (the estimator's parameters)
+        self.data_id = data_id  # the training data's fingerprint, checked on resume
         self.steps_per_epoch = len(batch_bounds(n_samples, cfg.batch_size))
         self.schedule = ProgressiveSchedule.from_config(cfg, model.n_facets, self.steps_per_epoch)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -280,7 +320,8 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": optim_meta,
-                "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata, "progress": None}
+                "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata, "progress": None,
+                "data": self.data_id}
         if self.progress is not None:  # a checkpoint in the middle of an epoch
             tensors["progress.order"] = self.progress.order
             meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
@@ -292,6 +333,9 @@ class Trainer:
 
     def load_checkpoint(self, path: str | Path) -> None:
         tensors, meta = read_safetensors(Path(path))
+        if meta.get("data") and self.data_id and meta["data"] != self.data_id:
+            raise ValueError(f"cannot resume {path}: it was trained on other data (a resumed run must see the same "
+                             "examples, in the same order)")
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])

@@ -8,6 +8,7 @@ feature vectors (embeddings, tabular data) go with the Gaussian likelihood.
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def load_arrays(path: str | Path) -> Dataset:
             return Dataset(np.load(path, allow_pickle=False), name=path.name)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ValueError(f"cannot read {path}: {err}") from err
     if "x" not in arrays:
         raise ValueError(f"{path} has no array named 'x' (found: {sorted(arrays)})")

@@ -63,7 +63,8 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
     """3DShapes images (N, 3, size, size) uint8 and the factors that vary as integer labels.
 
     ``config``: 1 or 2, the paper's configurations (CONFIGS); ``fixed``: your own selection
-    (factor name -> value index, e.g. {"shape": 0}); neither: all 480,000 images.
+    (factor name -> value index, e.g. {"shape": 0}), on top of the config's if both are given;
+    neither: all 480,000 images.
     ``size``: resize (bilinear) to size x size, as the paper does (32); None keeps 64.
     Labels: every factor that varies in the selection, named as in FACTORS; with ``config``,
     the paper's evaluation labels come first.
@@ -71,13 +72,11 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
     import h5py
 
     path = Path(path)
-    if config is not None and fixed is not None:
-        raise ValueError("give config or fixed, not both")
-    if config is not None:
-        if config not in CONFIGS:
-            raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
-        fixed = CONFIGS[config].fixed
-    fixed = dict(fixed or {})
+    if config is not None and config not in CONFIGS:
+        raise ValueError(f"config must be one of {sorted(CONFIGS)}, got {config!r}")
+    if fixed is not None and not isinstance(fixed, dict):
+        raise ValueError(f"fixed must map factor names to value indices, e.g. {{'shape': 0}}, got {fixed!r}")
+    fixed = {**(CONFIGS[config].fixed if config is not None else {}), **(fixed or {})}
     for name, index in fixed.items():
         if name not in FACTORS:
             raise ValueError(f"unknown 3DShapes factor {name!r}; factors: {', '.join(FACTORS)}")
