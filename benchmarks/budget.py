@@ -135,9 +135,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("fashion", "tinted", "demo"), default="fashion")
     parser.add_argument("--n", type=int, help="use a random subset of this many examples")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, nargs="+", default=[10])
-    budget.add_argument("--seconds", type=float, nargs="+", help="wall-clock budgets instead of epochs")
+    limit = parser.add_mutually_exclusive_group()
+    limit.add_argument("--epochs", type=int, nargs="+", default=[10])
+    limit.add_argument("--seconds", type=float, nargs="+", help="wall-clock budgets instead of epochs")
     parser.add_argument("--variants", nargs="+", default=["paper"], choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
