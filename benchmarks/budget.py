@@ -144,9 +144,11 @@ def main() -> None:
                         help="change the recipe for every variant (value read as YAML)")
     parser.add_argument("--no-kmeans", action="store_true", help="skip the k-means baseline")
     parser.add_argument("--table", action="store_true", help="summarise every stored row; train nothing")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"CSV to append to (default {RESULTS})")
     args = parser.parse_args()
+    results = args.results
     if args.table:
-        with RESULTS.open() as f:
+        with results.open() as f:
             print(summarise(list(csv.DictReader(f))))
         return
 
@@ -166,15 +168,15 @@ def main() -> None:
                 best = max(new, key=lambda r: r["accuracy"])
                 print(f"{args.data} {variant} seed {seed} {epochs} epochs: {new[0]['train_seconds']} s, "
                       f"best {best['label']} accuracy {best['accuracy']:.3f} (facet {best['facet']})", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not RESULTS.exists()
-    with RESULTS.open("a", newline="") as f:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not results.exists()
+    with results.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
     print(summarise([{k: str(v) for k, v in r.items()} for r in rows]))
-    print(f"\nappended to {RESULTS}")
+    print(f"\nappended to {results}")
 
 
 if __name__ == "__main__":
