@@ -43,6 +43,9 @@ VARIANTS = {
     "warmup": {"pretrain_epochs": 2},
     "refit": {"refit_on_stage": True},
     "free_bits": {"free_bits": 2.0},
+    "free_bits_3": {"free_bits": 3.0},
+    "warmup_fit": {"pretrain_epochs": 2, "init_variances": True},
+    "cosine": {"lr_schedule": "cosine"},
     "lr_2e-3": {"lr": 2e-3},
     "batch_128": {"batch_size": 128},
 }

@@ -332,7 +332,8 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
     monkeypatch.setattr(torch.optim.Adam, "step", step)
 
 
-@pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1)],
+@pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1, init_variances=True,
+                                            lr_schedule="cosine")],
                          ids=["paper", "with-remedies"])
 def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
                                                                        extra):
@@ -457,6 +458,8 @@ BAD_PARAMS = {
     "fade_fraction": (dict(fade_fraction=2.0), "fade_fraction"),
     "free_bits": (dict(free_bits=-1.0), "free_bits"),
     "pretrain_epochs": (dict(pretrain_epochs=-1), "pretrain_epochs"),
+    "lr_schedule": (dict(lr_schedule="step"), "lr_schedule"),
+    "init_variances not a bool": (dict(init_variances="yes"), "init_variances"),
     "learn_weights not a bool": (dict(learn_weights=2), "learn_weights"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
 }

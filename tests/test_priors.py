@@ -221,3 +221,19 @@ def test_fixed_weights_are_a_buffer_not_a_parameter():
 def test_bad_covariance_string_raises():
     with pytest.raises(ValueError, match="covariance"):
         MixturePrior(3, 2, covariance="spherical")
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_set_variances_gives_diagonal_covariances(covariance):
+    """set_variances(v) makes every Sigma_k = diag(v_k), off-diagonal entries of a full factor cleared."""
+    prior = random_prior(covariance)
+    variances = torch.rand(4, 3, dtype=torch.float64) * 2 + 0.05
+    prior.set_variances(variances)
+    np.testing.assert_allclose(covariances(prior), torch.diag_embed(variances).numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_set_weights_sets_pi():
+    prior = random_prior("diag")
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    prior.set_weights(weights)
+    torch.testing.assert_close(prior.log_weights.exp(), weights)

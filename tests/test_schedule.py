@@ -8,6 +8,7 @@ import torch
 
 from mfcvae.config import TrainConfig
 from mfcvae.schedule import ProgressiveSchedule
+from mfcvae.train import learning_rate
 
 
 def cfg(**kw) -> TrainConfig:
@@ -121,7 +122,18 @@ def test_stage_epochs_of_another_run_length_are_stretched_with_the_fade():
 
 
 @pytest.mark.parametrize("kw", [dict(stage_epochs=(0, 10)), dict(fade_steps=-1), dict(fade_fraction=1.5),
-                                dict(epochs=0), dict(lr=0.0), dict(init="kmeans")])
+                                dict(epochs=0), dict(lr=0.0), dict(init="kmeans"),
+                                dict(lr_schedule="linear")])
 def test_train_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):
         cfg(**kw)
+
+
+def test_learning_rate_is_constant_or_a_cosine_over_the_run():
+    """constant: lr at every step (the paper's); cosine: lr at step 0, lr/2 half-way, 0 at the end."""
+    constant, cosine = cfg(lr=1e-3), cfg(lr=1e-3, lr_schedule="cosine")
+    assert [learning_rate(constant, s, 100) for s in (0, 50, 100)] == [1e-3] * 3
+    assert learning_rate(cosine, 0, 100) == pytest.approx(1e-3)
+    assert learning_rate(cosine, 50, 100) == pytest.approx(5e-4)
+    assert learning_rate(cosine, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert all(learning_rate(cosine, s, 100) >= learning_rate(cosine, s + 1, 100) for s in range(100))

@@ -22,6 +22,7 @@ POSTERIORS = ("exact", "mc")
 ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "elu")
 INITS = ("gmm", "random")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class _Loader(yaml.SafeLoader):
@@ -118,11 +119,13 @@ class TrainConfig:
     epochs: int
     batch_size: int
     lr: float
+    lr_schedule: str = "constant"
     progressive: bool = True
     stage_epochs: tuple[int, ...] | None = None
     fade_steps: int | None = None
     fade_fraction: float = 0.5
     init: str = "gmm"
+    init_variances: bool = False
     pretrain_epochs: int = 0
     refit_on_stage: bool = False
     free_bits: float = 0.0
@@ -134,6 +137,7 @@ class TrainConfig:
         _check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
+        _check_bool("init_variances", self.init_variances)
         _check_real("fade_fraction", self.fade_fraction)
         _check_real("free_bits", self.free_bits)
         if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):
@@ -145,6 +149,7 @@ class TrainConfig:
         if not 0 <= self.fade_fraction <= 1:
             raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
         _check_choice("init", self.init, INITS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if not (isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0):
             raise ValueError(f"pretrain_epochs must be a non-negative integer, got {self.pretrain_epochs!r}")
         if not self.free_bits >= 0:

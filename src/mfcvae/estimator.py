@@ -124,11 +124,13 @@ class MFCVAE(BaseEstimator):
         epochs: int = 100,
         batch_size: int = 512,
         lr: float = 5e-4,
+        lr_schedule: str = "constant",
         progressive: bool = True,
         stage_epochs: tuple[int, ...] | None = None,
         fade_steps: int | None = None,
         fade_fraction: float = 0.5,
         init: str = "gmm",
+        init_variances: bool = False,
         pretrain_epochs: int = 0,
         refit_on_stage: bool = False,
         free_bits: float = 0.0,
@@ -150,11 +152,13 @@ class MFCVAE(BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.progressive = progressive
         self.stage_epochs = stage_epochs
         self.fade_steps = fade_steps
         self.fade_fraction = fade_fraction
         self.init = init
+        self.init_variances = init_variances
         self.pretrain_epochs = pretrain_epochs
         self.refit_on_stage = refit_on_stage
         self.free_bits = free_bits
@@ -200,9 +204,9 @@ class MFCVAE(BaseEstimator):
     def _train_config(self) -> TrainConfig:
         stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, progressive=self.progressive,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule, progressive=self.progressive,
             stage_epochs=stage_epochs, fade_steps=self.fade_steps, fade_fraction=self.fade_fraction,
-            init=self.init, pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
+            init=self.init, init_variances=self.init_variances, pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
             free_bits=self.free_bits, seed=self.seed,
         )
 
@@ -239,7 +243,8 @@ class MFCVAE(BaseEstimator):
                 trainer.load_checkpoint(checkpoint)
             else:
                 trainer.pretrain(x, train_cfg.pretrain_epochs)
-                initialise_priors(model, x, train_cfg.init, train_cfg.seed, device)
+                initialise_priors(model, x, train_cfg.init, train_cfg.seed, device,
+                                  fit_variances=train_cfg.init_variances)
                 if run_dir is not None:  # a fresh run: forget an older run's logs in the same folder
                     for stale in ("metrics.csv", CHECKPOINT_FILE):
                         (Path(run_dir) / stale).unlink(missing_ok=True)

@@ -21,8 +21,8 @@ from torch import nn
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
+def _inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    return y + torch.log(-torch.expm1(-y))
 
 
 class MixturePrior(nn.Module):
@@ -46,7 +46,7 @@ class MixturePrior(nn.Module):
         if covariance == "diag":
             self.log_var = nn.Parameter(torch.full((n_clusters, dim), math.log(0.01)))
         else:
-            self.chol_diag_raw = nn.Parameter(torch.full((n_clusters, dim), _inverse_softplus(0.1)))
+            self.chol_diag_raw = nn.Parameter(_inverse_softplus(torch.full((n_clusters, dim), 0.1)))
             self.chol_offdiag = nn.Parameter(torch.zeros(n_clusters, dim, dim))
 
     # --- parameters in usable form -------------------------------------------------
@@ -133,3 +133,18 @@ class MixturePrior(nn.Module):
     def set_means(self, means: torch.Tensor) -> None:
         """Overwrite the component means (the mixture initialisation)."""
         self.means.copy_(means.to(self.means))
+
+    @torch.no_grad()
+    def set_variances(self, variances: torch.Tensor) -> None:
+        """Make every component's covariance diag(``variances``), shape (K, d)."""
+        variances = variances.to(self.means)
+        if self.covariance == "diag":
+            self.log_var.copy_(variances.log())
+        else:
+            self.chol_diag_raw.copy_(_inverse_softplus(variances.sqrt()))
+            self.chol_offdiag.zero_()
+
+    @torch.no_grad()
+    def set_weights(self, weights: torch.Tensor) -> None:
+        """Make pi = ``weights`` (shape (K,), positive, summing to 1); only for learned weights."""
+        self.logits.copy_(weights.to(self.means).log())

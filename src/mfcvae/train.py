@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import math
 import signal
 import threading
 import time
@@ -82,14 +83,26 @@ def map_batches(fn: Callable[[torch.Tensor], list[torch.Tensor]], x: torch.Tenso
     return [torch.cat(parts) for parts in zip(*outputs)]
 
 
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The step size of mini-batch ``step`` of ``total_steps``: ``cfg.lr`` throughout (the paper's),
+    or with ``cosine`` falling from ``cfg.lr`` to 0 over the run. A function of the step alone, so a
+    resumed run continues it exactly."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+
+
 @torch.no_grad()
 def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: int, device: torch.device,
-                      facets: list[int] | None = None) -> None:
+                      facets: list[int] | None = None, fit_variances: bool = False) -> None:
     """Place each facet's component means among the encoded training data (SPEC section 6).
 
     ``gmm``: the means of a diagonal GaussianMixture fitted to the posterior means of z_j.
     ``random``: K_j posterior means of randomly chosen inputs. Variances and weights keep
-    their initial values (0.01, uniform).
+    their initial values (0.01, uniform), unless ``fit_variances`` (gmm only): then the
+    prior takes the fitted mixture's variances, and its weights where weights are learned,
+    so that it matches the scale of the encoded data (which a warm-up makes far wider
+    than 0.01).
     """
     rng = np.random.default_rng(seed)
     if len(x) > GMM_MAX_POINTS:
@@ -99,10 +112,14 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
         prior, z = model.priors[j], means[j]
         z = z.double().numpy()
         if method == "gmm":
-            centres = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(z).means_
+            gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(z)
+            prior.set_means(torch.from_numpy(gmm.means_))
+            if fit_variances:
+                prior.set_variances(torch.from_numpy(gmm.covariances_))
+                if isinstance(prior.logits, nn.Parameter):
+                    prior.set_weights(torch.from_numpy(gmm.weights_))
         else:
-            centres = z[rng.choice(len(z), prior.n_clusters, replace=False)]
-        prior.set_means(torch.from_numpy(centres))
+            prior.set_means(torch.from_numpy(z[rng.choice(len(z), prior.n_clusters, replace=False)]))
 
 
 @torch.no_grad()
@@ -254,6 +271,8 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.cfg, self.step, self.cfg.epochs * self.steps_per_epoch)
             self.optimizer.step()
             self.step, progress.done = self.step + 1, progress.done + 1
             _accumulate(progress.sums, terms, loss, len(xb))
@@ -282,7 +301,8 @@ class Trainer:
                     if s > 0 and start == self.step]
         if starting:
             self.model.eval()
-            initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting)
+            initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting,
+                              fit_variances=self.cfg.init_variances)
 
     # --- logs ----------------------------------------------------------------------
     def _tensorboard(self):
