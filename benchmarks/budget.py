@@ -48,6 +48,8 @@ VARIANTS = {
     "cosine": {"lr_schedule": "cosine"},
     "lr_2e-3": {"lr": 2e-3},
     "batch_128": {"batch_size": 128},
+    # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
+    "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }
 
 

@@ -26,6 +26,20 @@ def kmeans_baseline(x: np.ndarray, labels: dict[str, np.ndarray], k: int, seed: 
     return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (wall-clock budgets only compare on the same one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        device = f"{cpu_name()}, {torch.get_num_threads()} threads"
     return f"{platform.machine()}, {device}, torch {torch.__version__}"
