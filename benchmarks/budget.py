@@ -104,35 +104,46 @@ def kmeans_rows(dataset: str, data: Dataset, k: int, seed: int) -> list[dict]:
             for name, scores in result.items() if isinstance(scores, dict)]
 
 
+def short_machine(machine: str) -> str:
+    """'x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu' -> 'AMD EPYC, 2 threads'."""
+    parts = [p for p in machine.split(", ") if not p.startswith("torch ")]
+    return ", ".join(parts[1:] if len(parts) > 1 else parts)
+
+
 def summarise(rows: list[dict]) -> str:
-    """Per dataset x budget x variant x label: the best facet's accuracy (mean +- std over seeds),
-    its NMI, the smallest facet KL and active-cluster share, and the wall time."""
+    """Per dataset x budget x variant x label x machine: the best facet's accuracy (mean +- std over
+    seeds), its NMI, the smallest facet KL and active-cluster share, the epochs run and the wall time. Machines
+    are kept apart: a wall-clock budget buys a different number of epochs on each."""
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_run: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        by_run[(r["dataset"], r["n"], r["variant"], r["seed"], r["epochs"], r["budget_seconds"])].append(r)
-    for (dataset, n, variant, seed, epochs, budget), run_rows in by_run.items():
+        by_run[(r["dataset"], r["n"], r["variant"], r["seed"], r["epochs"], r["budget_seconds"],
+                r["machine"])].append(r)
+    for (dataset, n, variant, seed, epochs, budget, where), run_rows in by_run.items():
         for label in sorted({r["label"] for r in run_rows}):
             mine = [r for r in run_rows if r["label"] == label]
             best = max(mine, key=lambda r: float(r["accuracy"]))
-            g = groups[(dataset, n, budget or (f"{epochs} epochs" if epochs else "-"), variant, label)]
+            g = groups[(dataset, n, budget or (f"{epochs} epochs" if epochs else "-"), variant, label, where)]
             g["accuracy"].append(float(best["accuracy"]))
             g["nmi"].append(float(best["nmi"]))
             g["facet"].append(best["facet"])
             g["seconds"].append(float(best["train_seconds"]))
+            if epochs:
+                g["epochs"].append(int(epochs))
             if best.get("kl") not in ("", None):
                 g["min_kl"].append(min(float(r["kl"]) for r in mine))
                 g["active"].append(min(int(r["active_clusters"]) / int(r["n_clusters"]) for r in mine))
     lines = ["| data | budget | variant | label | best-facet accuracy | NMI | facet | min KL (nats) | "
-             "min active share | seeds | train s |", "|" + "---|" * 11]
-    for (dataset, n, budget, variant, label), g in groups.items():
+             "min active share | seeds | epochs | train s | machine |", "|" + "---|" * 13]
+    for (dataset, n, budget, variant, label, where), g in groups.items():
         acc = np.array(g["accuracy"])
         kl = f"{np.mean(g['min_kl']):.2f}" if g["min_kl"] else ""
         active = f"{np.mean(g['active']):.2f}" if g["active"] else ""
+        epochs = "-".join(str(e) for e in sorted({min(g["epochs"]), max(g["epochs"])})) if g["epochs"] else ""
         budget = f"{budget} s" if str(budget).replace(".", "").isdigit() else budget
         lines.append(f"| {dataset} {n} | {budget} | {variant} | {label} | {acc.mean():.3f} +- {acc.std():.3f} | "
                      f"{np.mean(g['nmi']):.3f} | {'/'.join(str(f) for f in g['facet'])} | {kl} | {active} | "
-                     f"{len(acc)} | {np.mean(g['seconds']):.0f} |")
+                     f"{len(acc)} | {epochs} | {np.mean(g['seconds']):.0f} | {short_machine(where)} |")
     return "\n".join(lines)
 
 

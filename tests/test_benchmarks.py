@@ -61,3 +61,16 @@ def test_every_variant_is_a_valid_estimator_configuration(variant):
     params = budget.params_for(variant, {})
     MFCVAE(**params)._train_config()
     assert MFCVAE(**params)._model_config((1, 28, 28)).n_clusters == (10, 10)
+
+
+def test_summary_keeps_machines_apart():
+    """A wall-clock budget buys different epochs on different CPUs: one row per machine."""
+    row = {"dataset": "demo", "n": "10", "variant": "paper", "seed": "0", "epochs": "3", "budget_seconds": "60.0",
+           "train_seconds": "59", "facet": "0", "label": "shape", "accuracy": "0.5", "nmi": "0.1",
+           "active_clusters": "2", "n_clusters": "4", "kl": "1.0"}
+    rows = [{**row, "machine": "x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu"},
+            {**row, "epochs": "7", "machine": "x86_64, Intel Xeon, 2 threads, torch 2.13.0+cpu"}]
+    table = budget.summarise(rows).splitlines()[2:]
+    assert len(table) == 2
+    assert table[0].endswith("| 3 | 59 | AMD EPYC, 2 threads |")
+    assert table[1].endswith("| 7 | 59 | Intel Xeon, 2 threads |")
