@@ -83,7 +83,8 @@ def epochs_for(seconds: float, data: Dataset, params: dict) -> int:
     return max(1, int(left / epoch))
 
 
-def run(dataset: str, data: Dataset, variant: str, seed: int, epochs: int, budget: float | None, extra: dict) -> list[dict]:
+def run(dataset: str, data: Dataset, variant: str, seed: int, epochs: int, budget: float | None,
+        extra: dict) -> list[dict]:
     params = {**params_for(variant, extra), "epochs": epochs, "seed": seed}
     start = time.perf_counter()
     model = MFCVAE(**params).fit(data)
@@ -112,8 +113,8 @@ def short_machine(machine: str) -> str:
 
 def summarise(rows: list[dict]) -> str:
     """Per dataset x budget x variant x label x machine: the best facet's accuracy (mean +- std over
-    seeds), its NMI, the smallest facet KL and active-cluster share, the epochs run and the wall time. Machines
-    are kept apart: a wall-clock budget buys a different number of epochs on each."""
+    seeds), its NMI, the smallest facet KL and active-cluster share, the epochs run and the wall
+    time. Machines are kept apart: a wall-clock budget buys a different number of epochs on each."""
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_run: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
