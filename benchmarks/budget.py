@@ -140,7 +140,8 @@ def summarise(rows: list[dict]) -> str:
         acc = np.array(g["accuracy"])
         kl = f"{np.mean(g['min_kl']):.2f}" if g["min_kl"] else ""
         active = f"{np.mean(g['active']):.2f}" if g["active"] else ""
-        epochs = "-".join(str(e) for e in sorted({min(g["epochs"]), max(g["epochs"])})) if g["epochs"] else ""
+        lo, hi = (min(g["epochs"]), max(g["epochs"])) if g["epochs"] else ("", "")
+        epochs = f"{lo}-{hi}" if lo != hi else str(lo)
         budget = f"{budget} s" if str(budget).replace(".", "").isdigit() else budget
         lines.append(f"| {dataset} {n} | {budget} | {variant} | {label} | {acc.mean():.3f} +- {acc.std():.3f} | "
                      f"{np.mean(g['nmi']):.3f} | {'/'.join(str(f) for f in g['facet'])} | {kl} | {active} | "
