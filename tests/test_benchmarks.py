@@ -33,25 +33,27 @@ def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsy
     assert "| demo 300 | 1 epochs | paper | colour |" in capsys.readouterr().out
 
 
-def test_budget_seconds_become_epochs(monkeypatch):
-    """A wall-clock budget is turned into epochs by timing a one-epoch run of the variant: its fixed
-    cost (set-up, mixture initialisation) and warm-up epochs are taken off the budget first."""
+def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, capsys):
+    """--seconds hands the budget to the estimator (max_seconds) and records the epochs it bought."""
     fits = []
+    original_fit = budget.MFCVAE.fit
 
-    class OneEpochTakesTwoSecondsAfterOneOfSetUp:
-        history_ = [{"seconds": 2.0}]
+    def recording_fit(self, data, **kwargs):
+        fits.append(self.get_params())
+        return original_fit(self, data, **kwargs)
 
-        def __init__(self, **params):
-            fits.append(params)
-
-        def fit(self, data):
-            return self
-
-    clock = iter([0.0, 3.0])
-    monkeypatch.setattr(budget, "MFCVAE", OneEpochTakesTwoSecondsAfterOneOfSetUp)
-    monkeypatch.setattr(budget.time, "perf_counter", lambda: next(clock))
-    assert budget.epochs_for(10.0, data=None, params={"pretrain_epochs": 1}) == 3  # (10 - 1 - 2) // 2
-    assert fits == [{"pretrain_epochs": 0, "epochs": 1}]
+    monkeypatch.setattr(budget.MFCVAE, "fit", recording_fit)
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--n", "200", "--seconds", "1.5",
+                                      "--variants", "paper", "--seeds", "0", "--no-kmeans",
+                                      "--results", str(tmp_path / "budget.csv"),
+                                      "--set", "hidden_dims=[16, 16]", "--set", "batch_size=64"])
+    budget.main()
+    assert [(p["max_seconds"], p["epochs"]) for p in fits] == [(1.5, budget.EPOCHS_UNDER_A_DEADLINE)]
+    with (tmp_path / "budget.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["budget_seconds"] for r in rows} == {"1.5"}
+    assert 1 <= int(rows[0]["epochs"]) < budget.EPOCHS_UNDER_A_DEADLINE
+    assert "| demo 200 | 1.5 s | paper |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("variant", list(budget.VARIANTS))

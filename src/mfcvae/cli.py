@@ -104,7 +104,8 @@ def _same_path(a: str, b: str) -> bool:
 
 
 def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
-    """(estimator parameters, preset data options) from --preset/--config, then --epochs/--seed/--device/--set."""
+    """(estimator parameters, preset data options) from --preset/--config, then --epochs/--max-seconds/
+    --seed/--device/--set."""
     if args.resume:
         if args.preset or args.config:
             raise ValueError("--resume continues a run with its own configuration: drop --preset/--config "
@@ -116,7 +117,7 @@ def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
     else:
         params, data_options = read_config(args.config if args.config else preset_path(args.preset or "demo"))
     overrides = dict(parse_assignment(s) for s in args.set)
-    for name in ("epochs", "seed", "device"):
+    for name in ("epochs", "max_seconds", "seed", "device"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     params.update(overrides)
@@ -275,6 +276,8 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     fit.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
     fit.add_argument("--epochs", type=int, help="override the number of epochs")
+    fit.add_argument("--max-seconds", type=float, help="wall-clock budget: the schedule is laid over the time, "
+                                                       "training stops at the deadline (or after --epochs)")
     fit.add_argument("--seed", type=int, help="override the seed")
     fit.add_argument("--device", help="auto, cpu or cuda[:i]")
     fit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any parameter")

@@ -7,6 +7,7 @@ work starts.
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ class TrainConfig:
     Stage lengths and the fade-in default to fractions of the run (equal stages, each
     facet fading in over ``fade_fraction`` of its stage); ``stage_epochs`` and
     ``fade_steps`` give them in absolute epochs / mini-batches, as the paper's presets do.
+    With ``max_seconds`` the run is a wall-clock budget: the schedule is laid over the time
+    instead of the mini-batches, and the run ends at the deadline or after ``epochs``.
     """
 
     epochs: int
@@ -129,10 +132,15 @@ class TrainConfig:
     pretrain_epochs: int = 0
     refit_on_stage: bool = False
     free_bits: float = 0.0
+    max_seconds: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_positive_ints("epochs", (self.epochs,))
+        if self.max_seconds is not None:
+            _check_real("max_seconds", self.max_seconds, 0, low_open=True)
+            if not math.isfinite(self.max_seconds):
+                raise ValueError(f"max_seconds must be a finite number of seconds (or None), got {self.max_seconds!r}")
         _check_positive_ints("batch_size", (self.batch_size,))
         _check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)

@@ -96,6 +96,11 @@ class MFCVAE(BaseEstimator):
     refit_on_stage : re-initialise a facet's mixture when its stage starts (beyond the paper).
     free_bits : KL (nats, per facet and example) below which a facet is not pulled towards its
         prior during training; > 0 keeps lower facets from collapsing (beyond the paper).
+    max_seconds : a wall-clock budget for ``fit`` (warm-up and initialisation included): the
+        progressive and learning-rate schedules are laid over the time instead of the
+        mini-batches, and training stops at the deadline or after ``epochs``, whichever comes
+        first (so make ``epochs`` generous). None: no time limit, the run is ``epochs`` long.
+        Timed runs are not reproducible to the bit: where stages switch depends on the machine.
     seed : same seed, same data, same machine -> same clusters.
     device : "auto" (CUDA if present, else CPU), "cpu" or "cuda[:i]".
     verbose : show a progress bar while training.
@@ -134,6 +139,7 @@ class MFCVAE(BaseEstimator):
         pretrain_epochs: int = 0,
         refit_on_stage: bool = False,
         free_bits: float = 0.0,
+        max_seconds: float | None = None,
         seed: int = 0,
         device: str = "auto",
         verbose: bool = True,
@@ -162,6 +168,7 @@ class MFCVAE(BaseEstimator):
         self.pretrain_epochs = pretrain_epochs
         self.refit_on_stage = refit_on_stage
         self.free_bits = free_bits
+        self.max_seconds = max_seconds
         self.seed = seed
         self.device = device
         self.verbose = verbose
@@ -204,10 +211,11 @@ class MFCVAE(BaseEstimator):
     def _train_config(self) -> TrainConfig:
         stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule, progressive=self.progressive,
-            stage_epochs=stage_epochs, fade_steps=self.fade_steps, fade_fraction=self.fade_fraction,
-            init=self.init, init_variances=self.init_variances, pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
-            free_bits=self.free_bits, seed=self.seed,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
+            progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
+            fade_fraction=self.fade_fraction, init=self.init, init_variances=self.init_variances,
+            pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage, free_bits=self.free_bits,
+            max_seconds=self.max_seconds, seed=self.seed,
         )
 
     # --- training ------------------------------------------------------------------

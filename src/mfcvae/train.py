@@ -15,6 +15,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -171,6 +172,13 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step, self.history = 0, 0, []
         self.progress: EpochProgress | None = None  # set while an epoch is under way
+        # With a time budget (cfg.max_seconds) the clock starts here, so that warm-up and
+        # mixture initialisation count; the training loop gets what they leave.
+        self.created = time.perf_counter()
+        self.loop_budget: float | None = None  # seconds the training loop may take
+        self.elapsed = 0.0  # seconds the training loop has taken, earlier sessions of a resumed run included
+        self._clock: tuple[float, float] | None = None  # (elapsed, perf_counter) when this session's loop began
+        self.stage_reached = 0  # the progressive stage of the last mini-batch trained
         self._stop_requested = False
         self._saved_step: int | None = None  # the step of the checkpoint last written
 
@@ -197,17 +205,24 @@ class Trainer:
 
     # --- the loop ------------------------------------------------------------------
     def run(self, x: torch.Tensor) -> list[dict]:
-        """Train until ``cfg.epochs`` epochs are done; returns the per-epoch history.
+        """Train until ``cfg.epochs`` epochs are done or ``cfg.max_seconds`` is spent; returns the
+        per-epoch history (a run stopped by its deadline ends with a partial epoch).
 
         Ctrl-C finishes the mini-batch in flight, writes a checkpoint of exactly that point
         (with ``run_dir``) and raises KeyboardInterrupt; a second Ctrl-C stops at once.
         """
         total = self.cfg.epochs * self.steps_per_epoch
+        if self.cfg.max_seconds is not None and self.loop_budget is None:  # a fresh run
+            self.loop_budget = self.cfg.max_seconds - (time.perf_counter() - self.created)
+            if self.loop_budget <= 0:
+                warnings.warn(f"warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}; "
+                              "training one mini-batch only", stacklevel=3)
+        self._clock = (self.elapsed, time.perf_counter())
         bar = tqdm(total=total, initial=self.step, disable=not self.verbose, unit="batch", dynamic_ncols=True)
         writer = self._tensorboard()
         try:
             with self._deferred_ctrl_c(bar):
-                while self.epoch < self.cfg.epochs:
+                while not self.finished:
                     bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
                     row = self._train_epoch(x, bar)
                     self.epoch += 1
@@ -232,6 +247,28 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return self.history
+
+    def _elapsed_now(self) -> float:
+        if self._clock is None:
+            return self.elapsed
+        before, since = self._clock
+        return before + time.perf_counter() - since
+
+    @property
+    def position(self) -> int:
+        """How far through the run we are, in mini-batches of the planned ``epochs``: the step,
+        or with a time budget the share of it spent, whichever is further. The progressive
+        schedule and the learning-rate schedule follow it, so that under a time budget every
+        stage gets its share of the time however fast the machine is."""
+        total = self.cfg.epochs * self.steps_per_epoch
+        if self.loop_budget is None:
+            return self.step
+        spent = self._elapsed_now() / self.loop_budget if self.loop_budget > 0 else 1.0
+        return max(self.step, min(total, int(spent * total)))
+
+    @property
+    def finished(self) -> bool:
+        return self.step > 0 and self.position >= self.cfg.epochs * self.steps_per_epoch
 
     @contextlib.contextmanager
     def _deferred_ctrl_c(self, bar: tqdm) -> Iterator[None]:
@@ -258,10 +295,11 @@ class Trainer:
         progress, start = self.progress, time.perf_counter()
         for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
             batch_idx = progress.order[lo:hi]
-            self._refit_starting_facets(x)
+            position = self.position
+            self._refit_starting_facets(x, position)
             self.model.train()
             xb = to_model_input(x[batch_idx], self.device)
-            weights = self.schedule.weights(self.step).to(self.device)
+            weights = self.schedule.weights(position).to(self.device)
             terms = self.model.elbo_terms(xb, alphas=weights)
             loss = -terms.elbo(gammas=weights, free_bits=self.cfg.free_bits).mean()
             if not torch.isfinite(loss):
@@ -272,7 +310,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(self.cfg, self.step, self.cfg.epochs * self.steps_per_epoch)
+                group["lr"] = learning_rate(self.cfg, position, self.cfg.epochs * self.steps_per_epoch)
             self.optimizer.step()
             self.step, progress.done = self.step + 1, progress.done + 1
             _accumulate(progress.sums, terms, loss, len(xb))
@@ -284,21 +322,24 @@ class Trainer:
             if self._stop_requested:
                 progress.seconds += time.perf_counter() - start
                 raise KeyboardInterrupt
+            if self.finished:  # the deadline (an epoch's last mini-batch ends the run anyway)
+                break
         n = progress.sums["n"]
         row = {k: v / n for k, v in progress.sums.items() if k != "n"}
         row.update(epoch=self.epoch + 1, step=self.step, seconds=progress.seconds + time.perf_counter() - start)
-        for j, w in enumerate(self.schedule.weights(self.step).tolist()):
+        for j, w in enumerate(self.schedule.weights(self.position).tolist()):
             row[f"weight_{j}"] = w
         self.progress = None
         return row
 
-    def _refit_starting_facets(self, x: torch.Tensor) -> None:
-        """With ``refit_on_stage``: re-initialise the mixture of a facet whose stage starts now,
-        on what the encoder (trained by the earlier stages) makes of the data."""
+    def _refit_starting_facets(self, x: torch.Tensor, position: int) -> None:
+        """With ``refit_on_stage``: re-initialise the mixture of a facet whose stage starts at this
+        mini-batch, on what the encoder (trained by the earlier stages) makes of the data."""
         if not (self.cfg.refit_on_stage and self.schedule.enabled):
             return
-        starting = [self.schedule.facet_of_stage(s) for s, start in enumerate(self.schedule.stage_starts)
-                    if s > 0 and start == self.step]
+        stage = self.schedule.stage(position)
+        starting = [self.schedule.facet_of_stage(s) for s in range(self.stage_reached + 1, stage + 1)]
+        self.stage_reached = stage
         if starting:
             self.model.eval()
             initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting,
@@ -341,7 +382,8 @@ class Trainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": optim_meta,
                 "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata, "progress": None,
-                "data": self.data_id}
+                "data": self.data_id, "stage_reached": self.stage_reached, "elapsed": self._elapsed_now(),
+                "loop_budget": self.loop_budget}
         if self.progress is not None:  # a checkpoint in the middle of an epoch
             tensors["progress.order"] = self.progress.order
             meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
@@ -364,6 +406,7 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
+        self.stage_reached, self.elapsed, self.loop_budget = meta["stage_reached"], meta["elapsed"], meta["loop_budget"]
         self._saved_step = self.step
         if meta["progress"] is not None:
             self.progress = EpochProgress(tensors["progress.order"], **meta["progress"])
