@@ -462,6 +462,7 @@ BAD_PARAMS = {
     "init_variances not a bool": (dict(init_variances="yes"), "init_variances"),
     "learn_weights not a bool": (dict(learn_weights=2), "learn_weights"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
+    "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
 }
 
 

@@ -128,3 +128,23 @@ def test_paper_conv_model_size():
     cfg = ModelConfig(input_shape=(3, 32, 32), n_clusters=(60, 20), latent_dims=(20, 2), hidden_dims=(64, 128),
                       covariance="full", learn_weights=False, likelihood="gaussian", **CONV)
     assert 1_000_000 < count_parameters(MultiFacetVAE(cfg)) < 3_000_000
+
+
+@pytest.mark.parametrize("network", [dict(architecture="mlp"), CONV], ids=["mlp", "conv"])
+def test_merge_scale_multiplies_the_lower_rungs_like_the_fade_in_weight(make_model, network):
+    """merge_scale s with fade-in weight a gives the decoder of merge_scale 1 with weight s * a."""
+    shape = (3, 16, 16)
+    scaled = make_model(input_shape=shape, hidden_dims=(8, 16), merge_scale=0.25, **network).eval()
+    plain = make_model(input_shape=shape, hidden_dims=(8, 16), merge_scale=1.0, **network).eval()
+    plain.load_state_dict(scaled.state_dict())
+    zs = [torch.randn(4, 2), torch.randn(4, 3)]
+    torch.testing.assert_close(scaled.decode(zs, torch.tensor([0.8, 1.0])), plain.decode(zs, torch.tensor([0.2, 1.0])))
+    assert not torch.allclose(scaled.decode(zs), plain.decode(zs))
+
+
+def test_estimator_merge_scale_defaults_to_the_papers_per_architecture(X):
+    assert MFCVAE()._model_config((1, 28, 28)).merge_scale == 0.1
+    assert MFCVAE()._model_config((3, 32, 32)).merge_scale == 1.0  # conv
+    assert MFCVAE(merge_scale=1.0)._model_config((1, 28, 28)).merge_scale == 1.0
+    with pytest.raises(ValueError, match="merge_scale"):
+        MFCVAE(merge_scale=0.0)._model_config((1, 28, 28))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from .ladder import PAPER_MERGE_SCALE
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 COVARIANCES = ("diag", "full")
@@ -86,6 +88,7 @@ class ModelConfig:
     architecture: str = "mlp"
     activation: str = "relu"
     batch_norm: bool = False
+    merge_scale: float | None = None  # None: the paper's for the architecture (see ladder.py)
 
     def __post_init__(self) -> None:
         if len(self.n_clusters) == 0:
@@ -102,6 +105,11 @@ class ModelConfig:
         _check_bool("batch_norm", self.batch_norm)
         _check_bool("learn_weights", self.learn_weights)
         _check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
+        if self.merge_scale is None:
+            object.__setattr__(self, "merge_scale", PAPER_MERGE_SCALE[self.architecture])
+        _check_real("merge_scale", self.merge_scale, 0, low_open=True)
+        if not math.isfinite(self.merge_scale):
+            raise ValueError(f"merge_scale must be finite, got {self.merge_scale!r}")
 
     @property
     def n_facets(self) -> int:

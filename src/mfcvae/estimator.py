@@ -84,6 +84,9 @@ class MFCVAE(BaseEstimator):
     activation : "relu" or "elu"; default (None): relu for MLP, elu for conv (the paper's).
     batch_norm : batch-norm after the hidden layers (conv: every convolution); default (None):
         off for MLP, on for conv.
+    merge_scale : factor on each lower facet's contribution to the decoder; default (None): the
+        paper's, 0.1 for MLP and 1 for conv. 1 lets a lower MLP facet take over a strong factor
+        (beyond the paper).
     epochs, batch_size, lr : Adam optimisation.
     progressive : train facets one at a time, top first, each faded in (else all at once).
     stage_epochs : epochs per stage; default: equal stages. With a sum other than ``epochs``
@@ -126,6 +129,7 @@ class MFCVAE(BaseEstimator):
         architecture: str = "auto",
         activation: str | None = None,
         batch_norm: bool | None = None,
+        merge_scale: float | None = None,
         epochs: int = 100,
         batch_size: int = 512,
         lr: float = 5e-4,
@@ -155,6 +159,7 @@ class MFCVAE(BaseEstimator):
         self.architecture = architecture
         self.activation = activation
         self.batch_norm = batch_norm
+        self.merge_scale = merge_scale
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -198,6 +203,7 @@ class MFCVAE(BaseEstimator):
             likelihood=self.likelihood, likelihood_scale=self.likelihood_scale, posterior=self.posterior,
             architecture=architecture, activation=self.activation or ("elu" if conv else "relu"),
             batch_norm=conv if self.batch_norm is None else self.batch_norm,
+            merge_scale=self.merge_scale,
         )
 
     def _architecture(self, input_shape: tuple[int, ...], n_facets: int) -> str:

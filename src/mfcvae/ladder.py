@@ -2,13 +2,18 @@
 
 Rung j of the encoder yields a feature h_j for facet j: facet 0 is the bottom rung
 (nearest the pixels), facet J-1 the top. The decoder runs top-down: z_{J-1} starts the
-generative backbone and each lower z_j is merged in, scaled by its fade-in weight alpha_j,
-before backbone level j.
+generative backbone and each lower z_j is merged in, scaled by its fade-in weight alpha_j
+and by ``merge_scale``, before backbone level j.
 
 Both architectures keep one interface:
 ``Encoder(x) -> [h_0, ..., h_{J-1}]`` with ``feature_dims`` giving each h_j's size (flat), and
 ``Decoder([z_0, ..., z_{J-1}], alphas) -> raw output shaped like x``.
 ``hidden_dims`` is the width of each rung (MLP) or the channels of each block (conv).
+
+``merge_scale`` multiplies every lower rung's contribution to the decoder. The paper's code
+uses 0.1 in the MLP ladder (a newly faded-in facet perturbs the decoder gently) and 1 in the
+conv ladder; with 0.1 the lower facet's signal starts ten times weaker than the top facet's,
+and a lower facet that has to carry a strong factor (colour, say) struggles to take it over.
 """
 
 from __future__ import annotations
@@ -19,10 +24,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU}
-
-# The MLP ladder's merge scale from the paper's code: rung outputs start small next to
-# the backbone so that a newly faded-in facet perturbs the decoder gently.
-MERGE_SCALE = 0.1
+PAPER_MERGE_SCALE = {"mlp": 0.1, "conv": 1.0}
 
 
 def _dense(n_in: int, n_out: int, activation: str, batch_norm: bool) -> nn.Sequential:
@@ -59,16 +61,16 @@ class MLPLadderEncoder(nn.Module):
 
 
 class MLPLadderDecoder(nn.Module):
-    """Top-down: z_{J-1} -> w_{J-1} -> ... ; at level j add 0.1 alpha_j rung_j(z_j).
+    """Top-down: z_{J-1} -> w_{J-1} -> ... ; at level j add merge_scale alpha_j rung_j(z_j).
 
     With the MNIST widths (500, 2000) and z dims (5, 5) this is the paper's decoder:
     z_1 -> 2000 -> 500, + 0.1 alpha_0 (z_0 -> 500), then 500 -> 500 -> 784.
     """
 
     def __init__(self, input_shape: tuple[int, ...], hidden_dims: tuple[int, ...], latent_dims: tuple[int, ...],
-                 activation: str = "relu", batch_norm: bool = False):
+                 activation: str = "relu", batch_norm: bool = False, merge_scale: float = PAPER_MERGE_SCALE["mlp"]):
         super().__init__()
-        self.input_shape = tuple(input_shape)
+        self.input_shape, self.merge_scale = tuple(input_shape), merge_scale
         n_facets = len(hidden_dims)
         self.top = _dense(latent_dims[-1], hidden_dims[-1], activation, batch_norm)
         # Rungs for facets 0..J-2 (the top facet enters through self.top).
@@ -84,7 +86,7 @@ class MLPLadderDecoder(nn.Module):
         t = self.top(zs[-1])
         for j in reversed(range(len(zs) - 1)):
             t = self.levels[j](t)
-            t = t + MERGE_SCALE * alphas[j] * self.rungs[j](zs[j])
+            t = t + self.merge_scale * alphas[j] * self.rungs[j](zs[j])
         out = self.output(t)
         return out.view(-1, *self.input_shape)
 
@@ -144,7 +146,7 @@ class ConvLadderEncoder(nn.Module):
 class ConvLadderDecoder(nn.Module):
     """Top-down, mirroring the encoder: z_{J-1} -> linear -> 2c_{J-1} x (H/2^J) x (W/2^J).
     Level j (J-1 .. 1): convT k4 s2 to c_j, convT k3 s1 to c_{j-1}, then concatenate
-    alpha_{j-1} rung_{j-1}(z_{j-1}) (linear -> c_{j-1} channels); last, convT k4 s2 to the
+    merge_scale alpha_{j-1} rung_{j-1}(z_{j-1}) (linear -> c_{j-1} channels); last, convT k4 s2 to the
     image's channels (raw output, no activation).
 
     With channels (64, 128) on 32x32 inputs this is the paper's decoder: z_1 -> 256x8x8 ->
@@ -152,8 +154,9 @@ class ConvLadderDecoder(nn.Module):
     """
 
     def __init__(self, input_shape: tuple[int, ...], hidden_dims: tuple[int, ...], latent_dims: tuple[int, ...],
-                 activation: str = "elu", batch_norm: bool = True):
+                 activation: str = "elu", batch_norm: bool = True, merge_scale: float = PAPER_MERGE_SCALE["conv"]):
         super().__init__()
+        self.merge_scale = merge_scale
         n_facets = len(hidden_dims)
         channels, height, width = input_shape
         self.top_shape = (2 * hidden_dims[-1], height >> n_facets, width >> n_facets)
@@ -174,14 +177,15 @@ class ConvLadderDecoder(nn.Module):
         for j in reversed(range(len(zs) - 1)):
             t = self.levels[j](t)
             rung = self.rungs[j](zs[j]).view(-1, *self.rung_shapes[j])
-            t = torch.cat([t, alphas[j] * rung], dim=1)
+            t = torch.cat([t, self.merge_scale * alphas[j] * rung], dim=1)
         return self.output(t)
 
 
 def build_ladder(architecture: str, input_shape: tuple[int, ...], hidden_dims: tuple[int, ...],
-                 latent_dims: tuple[int, ...], activation: str, batch_norm: bool) -> tuple[nn.Module, nn.Module]:
+                 latent_dims: tuple[int, ...], activation: str, batch_norm: bool,
+                 merge_scale: float) -> tuple[nn.Module, nn.Module]:
     """The (encoder, decoder) pair of an architecture."""
     encoder, decoder = {"mlp": (MLPLadderEncoder, MLPLadderDecoder),
                         "conv": (ConvLadderEncoder, ConvLadderDecoder)}[architecture]
     return (encoder(input_shape, hidden_dims, activation, batch_norm),
-            decoder(input_shape, hidden_dims, latent_dims, activation, batch_norm))
+            decoder(input_shape, hidden_dims, latent_dims, activation, batch_norm, merge_scale))

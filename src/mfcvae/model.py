@@ -61,7 +61,7 @@ class MultiFacetVAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder, self.decoder = build_ladder(cfg.architecture, cfg.input_shape, cfg.hidden_dims,
-                                                  cfg.latent_dims, cfg.activation, cfg.batch_norm)
+                                                  cfg.latent_dims, cfg.activation, cfg.batch_norm, cfg.merge_scale)
         self.mean_heads = nn.ModuleList(nn.Linear(h, d) for h, d in zip(self.encoder.feature_dims, cfg.latent_dims))
         self.logvar_heads = nn.ModuleList(nn.Linear(h, d) for h, d in zip(self.encoder.feature_dims, cfg.latent_dims))
         self.priors = nn.ModuleList(
