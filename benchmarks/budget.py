@@ -15,6 +15,9 @@ deadline, and the progressive schedule is laid over the time). Variants start fr
     python benchmarks/budget.py --data fashion --seconds 600 --variants paper free_bits --seeds 0 1 2
     python benchmarks/budget.py --data tinted --n 20000 --epochs 10 --variants paper free_bits
     python benchmarks/budget.py --table            # summarise every stored row
+    python benchmarks/budget.py --table --machine EPYC --plot docs/budget.png   # one machine's rows, drawn
+    python benchmarks/budget.py --data tinted --n 20000 --epochs 30 --variants merge_1_joint_2e-3 --seeds 1 \
+        --save-models runs/budget --save-data runs/tinted.npz      # then: mfcvae report MODEL --data runs/tinted.npz
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ VARIANTS = {
     "cosine": {"lr_schedule": "cosine"},
     "lr_2e-3": {"lr": 2e-3},
     "batch_128": {"batch_size": 128},
+    "merge_1": {"merge_scale": 1.0},
+    "merge_1_joint": {"merge_scale": 1.0, "progressive": False},
+    "merge_1_joint_2e-3": {"merge_scale": 1.0, "progressive": False, "lr": 2e-3},
     # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
     "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }
@@ -77,14 +83,17 @@ EPOCHS_UNDER_A_DEADLINE = 10_000
 
 
 def run(dataset: str, data: Dataset, variant: str, seed: int, epochs: int | None, budget: float | None,
-        extra: dict) -> list[dict]:
-    """Train one model for ``epochs`` or, with ``budget``, for that many seconds; score it."""
+        extra: dict, save_dir: Path | None = None) -> list[dict]:
+    """Train one model for ``epochs`` or, with ``budget``, for that many seconds; score it, and save
+    it under ``save_dir`` (for `mfcvae report` and the figures) if given."""
     params = {**params_for(variant, extra), "seed": seed,
               **({"epochs": epochs} if budget is None else {"epochs": EPOCHS_UNDER_A_DEADLINE, "max_seconds": budget})}
     start = time.perf_counter()
     model = MFCVAE(**params).fit(data)
     seconds = time.perf_counter() - start
     epochs = model.history_[-1]["epoch"]  # under a deadline the last one may be partial
+    if save_dir is not None:
+        model.save(save_dir / f"{dataset}-{len(data)}-{variant}-{budget or epochs}-seed{seed}")
     base = {"dataset": dataset, "n": len(data), "variant": variant, "seed": seed, "epochs": epochs,
             "budget_seconds": budget or "", "train_seconds": round(seconds, 1), "machine": machine()}
     kl = [model.history_[-1][f"kl_{j}"] for j in range(len(model.n_clusters))]
@@ -107,10 +116,9 @@ def short_machine(machine: str) -> str:
     return ", ".join(parts[1:] if len(parts) > 1 else parts)
 
 
-def summarise(rows: list[dict]) -> str:
-    """Per dataset x budget x variant x label x machine: the best facet's accuracy (mean +- std over
-    seeds), its NMI, the smallest facet KL and active-cluster share, the epochs run and the wall
-    time. Machines are kept apart: a wall-clock budget buys a different number of epochs on each."""
+def aggregate(rows: list[dict]) -> dict[tuple, dict[str, list]]:
+    """(dataset, n, budget, variant, label, machine) -> per-seed lists of the best facet's accuracy,
+    NMI and facet, the smallest facet KL and active-cluster share, epochs and wall time."""
     groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     by_run: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -120,7 +128,8 @@ def summarise(rows: list[dict]) -> str:
         for label in sorted({r["label"] for r in run_rows}):
             mine = [r for r in run_rows if r["label"] == label]
             best = max(mine, key=lambda r: float(r["accuracy"]))
-            g = groups[(dataset, n, budget or (f"{epochs} epochs" if epochs else "-"), variant, label, where)]
+            budget_name = f"{budget} s" if budget else (f"{epochs} epochs" if epochs else "-")
+            g = groups[(dataset, n, budget_name, variant, label, where)]
             g["accuracy"].append(float(best["accuracy"]))
             g["nmi"].append(float(best["nmi"]))
             g["facet"].append(best["facet"])
@@ -130,6 +139,14 @@ def summarise(rows: list[dict]) -> str:
             if best.get("kl") not in ("", None):
                 g["min_kl"].append(min(float(r["kl"]) for r in mine))
                 g["active"].append(min(int(r["active_clusters"]) / int(r["n_clusters"]) for r in mine))
+    return groups
+
+
+def summarise(rows: list[dict]) -> str:
+    """Per dataset x budget x variant x label x machine: the best facet's accuracy (mean +- std over
+    seeds), its NMI, the smallest facet KL and active-cluster share, the epochs run and the wall
+    time. Machines are kept apart: a wall-clock budget buys a different number of epochs on each."""
+    groups = aggregate(rows)
     lines = ["| data | budget | variant | label | best-facet accuracy | NMI | facet | min KL (nats) | "
              "min active share | seeds | epochs | train s | machine |", "|" + "---|" * 13]
     for (dataset, n, budget, variant, label, where), g in groups.items():
@@ -138,11 +155,43 @@ def summarise(rows: list[dict]) -> str:
         active = f"{np.mean(g['active']):.2f}" if g["active"] else ""
         lo, hi = (min(g["epochs"]), max(g["epochs"])) if g["epochs"] else ("", "")
         epochs = f"{lo}-{hi}" if lo != hi else str(lo)
-        budget = f"{budget} s" if str(budget).replace(".", "").isdigit() else budget
         lines.append(f"| {dataset} {n} | {budget} | {variant} | {label} | {acc.mean():.3f} +- {acc.std():.3f} | "
                      f"{np.mean(g['nmi']):.3f} | {'/'.join(str(f) for f in g['facet'])} | {kl} | {active} | "
                      f"{len(acc)} | {epochs} | {np.mean(g['seconds']):.0f} | {short_machine(where)} |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """One panel per data set x label: the best facet's accuracy per budget and variant (mean and
+    std over seeds as bar and whisker), k-means on pixels as a dashed line."""
+    from matplotlib.figure import Figure
+
+    groups = aggregate(rows)
+    several_machines = len({k[5] for k in groups}) > 1
+    panels = sorted({(k[0], k[1], k[4]) for k in groups})
+    tallest = max(sum(1 for k in groups if (k[0], k[1], k[4]) == p) for p in panels)
+    fig = Figure(figsize=(4 * len(panels), 1.2 + 0.3 * tallest), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (dataset, n, label) in zip(axes, panels):
+        mine = {k: g for k, g in groups.items() if (k[0], k[1], k[4]) == (dataset, n, label)}
+        bars = [(f"{k[3]}, {k[2]}" + (f", {short_machine(k[5])}" if several_machines else ""), g)
+                for k, g in mine.items() if not k[3].startswith("kmeans")]
+        for k, g in mine.items():
+            if k[3].startswith("kmeans"):
+                ax.axvline(np.mean(g["accuracy"]), color="grey", linestyle="--", label=f"k-means, K={k[3][8:]}")
+        means, stds = [np.mean(g["accuracy"]) for _, g in bars], [np.std(g["accuracy"]) for _, g in bars]
+        ax.barh(range(len(bars)), means, xerr=stds, color="tab:blue")
+        ax.set_yticks(range(len(bars)), [f"{name} ({len(g['accuracy'])} seeds)" for name, g in bars], fontsize=7)
+        for i, (m, sd) in enumerate(zip(means, stds)):
+            ax.text(m + sd + 0.01, i, f"{m:.3f}", va="center", fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("best-facet many-to-one accuracy")
+        ax.set_title(f"{dataset} {n}: {label}", fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -158,17 +207,27 @@ def main() -> None:
                         help="change the recipe for every variant (value read as YAML)")
     parser.add_argument("--no-kmeans", action="store_true", help="skip the k-means baseline")
     parser.add_argument("--table", action="store_true", help="summarise every stored row; train nothing")
+    parser.add_argument("--machine", help="with --table: only the rows whose machine contains this text")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the summarised rows as a bar chart")
+    parser.add_argument("--save-models", type=Path, metavar="DIR", help="save every trained model in DIR")
+    parser.add_argument("--save-data", type=Path, metavar="NPZ",
+                        help="write the data set trained on (x and labels) as .npz, for `mfcvae report --data`")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"CSV to append to (default {RESULTS})")
     args = parser.parse_args()
     results = args.results
     if args.table:
         with results.open() as f:
-            print(summarise(list(csv.DictReader(f))))
+            stored = [r for r in csv.DictReader(f) if args.machine is None or args.machine in r["machine"]]
+        print(summarise(stored))
+        if args.plot:
+            plot(stored, args.plot)
         return
 
     import yaml
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     data = load_data(args.data, args.n)
+    if args.save_data:
+        np.savez(args.save_data, x=data.x.raw, **data.labels)
     rows = []
     if not args.no_kmeans:
         rows += kmeans_rows(args.data, data, max(params_for("paper", extra)["n_clusters"]), seed=0)
@@ -176,7 +235,7 @@ def main() -> None:
         budgets = [(e, None) for e in args.epochs] if not args.seconds else [(None, s) for s in args.seconds]
         for epochs, seconds in budgets:
             for seed in args.seeds:
-                new = run(args.data, data, variant, seed, epochs, seconds, extra)
+                new = run(args.data, data, variant, seed, epochs, seconds, extra, args.save_models)
                 rows += new
                 best = max(new, key=lambda r: r["accuracy"])
                 print(f"{args.data} {variant} seed {seed} {new[0]['epochs']} epochs: {new[0]['train_seconds']} s, "
@@ -188,7 +247,10 @@ def main() -> None:
         if new_file:
             writer.writeheader()
         writer.writerows(rows)
-    print(summarise([{k: str(v) for k, v in r.items()} for r in rows]))
+    rows = [{k: str(v) for k, v in r.items()} for r in rows]
+    print(summarise(rows))
+    if args.plot:
+        plot(rows, args.plot)
     print(f"\nappended to {results}")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mfcvae.datasets import load
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import budget  # noqa: E402
 
@@ -28,9 +30,16 @@ def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsy
     assert any(r["variant"] == "kmeans_K10" for r in rows)
     out = capsys.readouterr().out
     assert "| demo 300 | 1 epochs | free_bits | shape |" in out
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--table"])
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--table", "--plot", str(tmp_path / "budget.png")])
     budget.main()
     assert "| demo 300 | 1 epochs | paper | colour |" in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(tmp_path / "budget.png") as image:
+        assert image.width > 500  # one panel per label, drawn
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--table", "--machine", "no such machine"])
+    budget.main()
+    assert "| demo 300 |" not in capsys.readouterr().out
 
 
 def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, capsys):
@@ -46,13 +55,19 @@ def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, cap
     monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--n", "200", "--seconds", "1.5",
                                       "--variants", "paper", "--seeds", "0", "--no-kmeans",
                                       "--results", str(tmp_path / "budget.csv"),
-                                      "--set", "hidden_dims=[16, 16]", "--set", "batch_size=64"])
+                                      "--set", "hidden_dims=[16, 16]", "--set", "batch_size=64",
+                                      "--save-models", str(tmp_path / "models"), "--save-data", str(tmp_path / "d.npz")])
     budget.main()
     assert [(p["max_seconds"], p["epochs"]) for p in fits] == [(1.5, budget.EPOCHS_UNDER_A_DEADLINE)]
     with (tmp_path / "budget.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["budget_seconds"] for r in rows} == {"1.5"}
     assert 1 <= int(rows[0]["epochs"]) < budget.EPOCHS_UNDER_A_DEADLINE
+    saved = budget.MFCVAE.load(tmp_path / "models" / "demo-200-paper-1.5-seed0")
+    assert saved.max_seconds == 1.5 and saved.history_[-1]["epoch"] == int(rows[0]["epochs"])
+    written = load(tmp_path / "d.npz")  # what `mfcvae report --data` reads
+    assert len(written) == 200 and set(written.labels) == {"shape", "colour"}
+    assert written.shape == saved.input_shape_
     assert "| demo 200 | 1.5 s | paper |" in capsys.readouterr().out
 
 

@@ -218,12 +218,14 @@ class Trainer:
                 warnings.warn(f"warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}; "
                               "training one mini-batch only", stacklevel=3)
         self._clock = (self.elapsed, time.perf_counter())
-        bar = tqdm(total=total, initial=self.step, disable=not self.verbose, unit="batch", dynamic_ncols=True)
+        # The bar follows the position, so that under a time budget it fills with the time spent.
+        bar = tqdm(total=total, initial=self.position, disable=not self.verbose, unit="batch", dynamic_ncols=True)
         writer = self._tensorboard()
         try:
             with self._deferred_ctrl_c(bar):
                 while not self.finished:
-                    bar.set_description(f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+                    of = f"/{self.cfg.epochs}" if self.loop_budget is None else f", {self.cfg.max_seconds:g} s budget"
+                    bar.set_description(f"epoch {self.epoch + 1}{of}")
                     row = self._train_epoch(x, bar)
                     self.epoch += 1
                     self.history.append(row)
@@ -314,7 +316,7 @@ class Trainer:
             self.optimizer.step()
             self.step, progress.done = self.step + 1, progress.done + 1
             _accumulate(progress.sums, terms, loss, len(xb))
-            bar.update(1)
+            bar.update(self.position - bar.n)
             if progress.done % 10 == 1:
                 sums, n = progress.sums, progress.sums["n"]
                 bar.set_postfix(elbo=f"{sums['elbo'] / n:.1f}", rec=f"{sums['reconstruction'] / n:.1f}",
@@ -406,7 +408,6 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
-        self.stage_reached, self.elapsed, self.loop_budget = meta["stage_reached"], meta["elapsed"], meta["loop_budget"]
         self._saved_step = self.step
         if meta["progress"] is not None:
             self.progress = EpochProgress(tensors["progress.order"], **meta["progress"])
@@ -415,6 +416,10 @@ class Trainer:
         saved = meta["schedule"]
         self.schedule = ProgressiveSchedule(saved["n_facets"], tuple(saved["stage_starts"]), saved["fade_steps"],
                                             saved["enabled"])
+        # The time budget and the refit bookkeeping (absent from checkpoints of older versions).
+        self.stage_reached = meta.get("stage_reached", self.schedule.stage(max(self.step - 1, 0)))
+        self.elapsed = meta.get("elapsed", sum(row["seconds"] for row in self.history))
+        self.loop_budget = meta.get("loop_budget")
         if self.cfg.epochs < self.epoch:
             raise ValueError(f"epochs={self.cfg.epochs} is fewer than the {self.epoch} the checkpoint has done")
         last_start = self.schedule.stage_starts[-1]
