@@ -91,10 +91,10 @@ def run(dataset: str, data: Dataset, variant: str, seed: int, epochs: int | None
     start = time.perf_counter()
     model = MFCVAE(**params).fit(data)
     seconds = time.perf_counter() - start
-    epochs = model.history_[-1]["epoch"]  # under a deadline the last one may be partial
+    epochs_run = model.history_[-1]["epoch"]  # under a deadline the last one may be partial
     if save_dir is not None:
-        model.save(save_dir / f"{dataset}-{len(data)}-{variant}-{budget or epochs}-seed{seed}")
-    base = {"dataset": dataset, "n": len(data), "variant": variant, "seed": seed, "epochs": epochs,
+        model.save(save_dir / f"{dataset}-{len(data)}-{variant}-{budget or epochs_run}-seed{seed}")
+    base = {"dataset": dataset, "n": len(data), "variant": variant, "seed": seed, "epochs": epochs_run,
             "budget_seconds": budget or "", "train_seconds": round(seconds, 1), "machine": machine()}
     kl = [model.history_[-1][f"kl_{j}"] for j in range(len(model.n_clusters))]
     return [{**base, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
@@ -178,7 +178,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 for k, g in mine.items() if not k[3].startswith("kmeans")]
         for k, g in mine.items():
             if k[3].startswith("kmeans"):
-                ax.axvline(np.mean(g["accuracy"]), color="grey", linestyle="--", label=f"k-means, K={k[3][8:]}")
+                ax.axvline(np.mean(g["accuracy"]), color="grey", linestyle="--",
+                           label=f"k-means, K={k[3].removeprefix('kmeans_K')}")
         means, stds = [np.mean(g["accuracy"]) for _, g in bars], [np.std(g["accuracy"]) for _, g in bars]
         ax.barh(range(len(bars)), means, xerr=stds, color="tab:blue")
         ax.set_yticks(range(len(bars)), [f"{name} ({len(g['accuracy'])} seeds)" for name, g in bars], fontsize=7)

@@ -56,7 +56,8 @@ def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, cap
                                       "--variants", "paper", "--seeds", "0", "--no-kmeans",
                                       "--results", str(tmp_path / "budget.csv"),
                                       "--set", "hidden_dims=[16, 16]", "--set", "batch_size=64",
-                                      "--save-models", str(tmp_path / "models"), "--save-data", str(tmp_path / "d.npz")])
+                                      "--save-models", str(tmp_path / "models"),
+                                      "--save-data", str(tmp_path / "d.npz")])
     budget.main()
     assert [(p["max_seconds"], p["epochs"]) for p in fits] == [(1.5, budget.EPOCHS_UNDER_A_DEADLINE)]
     with (tmp_path / "budget.csv").open() as f:

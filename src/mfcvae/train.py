@@ -224,8 +224,8 @@ class Trainer:
         try:
             with self._deferred_ctrl_c(bar):
                 while not self.finished:
-                    of = f"/{self.cfg.epochs}" if self.loop_budget is None else f", {self.cfg.max_seconds:g} s budget"
-                    bar.set_description(f"epoch {self.epoch + 1}{of}")
+                    limit = f"/{self.cfg.epochs}" if self.loop_budget is None else f", {self.cfg.max_seconds:g} s"
+                    bar.set_description(f"epoch {self.epoch + 1}{limit}")
                     row = self._train_epoch(x, bar)
                     self.epoch += 1
                     self.history.append(row)
