@@ -55,6 +55,9 @@ VARIANTS = {
     "merge_1": {"merge_scale": 1.0},
     "merge_1_joint": {"merge_scale": 1.0, "progressive": False},
     "merge_1_joint_2e-3": {"merge_scale": 1.0, "progressive": False, "lr": 2e-3},
+    "bf16": {"precision": "bfloat16"},
+    "bf16_batch_128": {"precision": "bfloat16", "batch_size": 128},
+    "merge_1_joint_2e-3_bf16": {"merge_scale": 1.0, "progressive": False, "lr": 2e-3, "precision": "bfloat16"},
     # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
     "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }

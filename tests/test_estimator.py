@@ -229,6 +229,18 @@ def test_save_load_round_trip_gives_identical_outputs(fitted, X, tmp_path):
         k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items() if k != "device"}
 
 
+def test_bfloat16_fit_trains_float32_weights_and_round_trips(tiny_estimator, X, tmp_path):
+    """precision="bfloat16" trains (the loss falls), keeps float32 weights, and a saved model
+    loads with the same precision and the same predictions."""
+    est = tiny_estimator(precision="bfloat16", epochs=4).fit(X)
+    assert est.history_[-1]["elbo"] > est.history_[0]["elbo"]
+    assert all(p.dtype == torch.float32 for p in est.model_.parameters())
+    est.save(tmp_path / "model")
+    loaded = MFCVAE.load(tmp_path / "model", device="cpu")
+    assert loaded.precision == "bfloat16" and loaded.model_.cfg.precision == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
 def test_load_missing_folder_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved model"):
         MFCVAE.load(tmp_path / "nothing-here")
@@ -463,6 +475,7 @@ BAD_PARAMS = {
     "learn_weights not a bool": (dict(learn_weights=2), "learn_weights"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
+    "precision": (dict(precision="float16"), "precision"),
 }
 
 

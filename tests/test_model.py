@@ -165,6 +165,32 @@ def test_free_bits_floor_each_facets_batch_mean_kl_in_the_training_objective(mak
     assert grads[0].abs().sum() == 0 and grads[1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("network", [{}, {"architecture": "conv", "activation": "elu", "batch_norm": True}],
+                         ids=["mlp", "conv"])
+def test_bfloat16_networks_keep_the_elbo_float32_and_within_rounding(make_model, network):
+    """precision="bfloat16" runs the ladder in bfloat16: with the same weights and latent draw every
+    ELBO term is float32 and within bfloat16 rounding of the float32 model's, but not equal to it
+    (the networks really ran in bfloat16), and every parameter gets a finite float32 gradient."""
+    shape = (3, 16, 16)
+    full = make_model(input_shape=shape, **network)
+    low = make_model(input_shape=shape, precision="bfloat16", **network)
+    low.load_state_dict(full.state_dict())
+    x = inputs(shape)
+    terms = []
+    for model in (full, low):
+        torch.manual_seed(1)
+        terms.append(model.elbo_terms(x))
+    for name in ("reconstruction", "log_p_z", "log_p_c", "log_q_z", "log_q_c"):
+        exact, rounded = getattr(terms[0], name), getattr(terms[1], name)
+        assert rounded.dtype == torch.float32, name
+        torch.testing.assert_close(rounded, exact, rtol=0.03, atol=0.05, msg=name)
+    assert not torch.equal(terms[0].reconstruction, terms[1].reconstruction)
+    (-terms[1].elbo().mean()).backward()
+    for name, p in low.named_parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32, name
+        assert torch.isfinite(p.grad).all(), name
+
+
 def test_decoder_ignores_lower_facet_when_its_alpha_is_zero(make_model):
     """alpha_0 = 0 switches facet 0's rung off (progressive training); alpha_0 = 1 switches it on."""
     model = make_model()

@@ -26,6 +26,7 @@ ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "elu")
 INITS = ("gmm", "random")
 LR_SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "bfloat16")
 
 
 class _Loader(yaml.SafeLoader):
@@ -89,6 +90,7 @@ class ModelConfig:
     activation: str = "relu"
     batch_norm: bool = False
     merge_scale: float | None = None  # None: the paper's for the architecture (see ladder.py)
+    precision: str = "float32"  # the networks' arithmetic; the probability terms stay float32
 
     def __post_init__(self) -> None:
         if len(self.n_clusters) == 0:
@@ -102,6 +104,7 @@ class ModelConfig:
         _check_choice("posterior", self.posterior, POSTERIORS)
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("precision", self.precision, PRECISIONS)
         _check_bool("batch_norm", self.batch_norm)
         _check_bool("learn_weights", self.learn_weights)
         _check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
