@@ -216,6 +216,9 @@ def main() -> None:
     parser.add_argument("--save-models", type=Path, metavar="DIR", help="save every trained model in DIR")
     parser.add_argument("--save-data", type=Path, metavar="NPZ",
                         help="write the data set trained on (x and labels) as .npz, for `mfcvae report --data`")
+    parser.add_argument("--machine-note", metavar="TEXT",
+                        help="appended to the machine column (rows are grouped by machine), e.g. the day: "
+                             "virtual hosts report the same CPU model at different speeds")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"CSV to append to (default {RESULTS})")
     args = parser.parse_args()
     results = args.results
@@ -244,6 +247,9 @@ def main() -> None:
                 best = max(new, key=lambda r: r["accuracy"])
                 print(f"{args.data} {variant} seed {seed} {new[0]['epochs']} epochs: {new[0]['train_seconds']} s, "
                       f"best {best['label']} accuracy {best['accuracy']:.3f} (facet {best['facet']})", flush=True)
+    if args.machine_note:
+        for r in rows:
+            r["machine"] += f", {args.machine_note}"
     results.parent.mkdir(parents=True, exist_ok=True)
     new_file = not results.exists()
     with results.open("a", newline="") as f:

@@ -57,12 +57,13 @@ def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, cap
                                       "--results", str(tmp_path / "budget.csv"),
                                       "--set", "hidden_dims=[16, 16]", "--set", "batch_size=64",
                                       "--save-models", str(tmp_path / "models"),
-                                      "--save-data", str(tmp_path / "d.npz")])
+                                      "--save-data", str(tmp_path / "d.npz"), "--machine-note", "slow day"])
     budget.main()
     assert [(p["max_seconds"], p["epochs"]) for p in fits] == [(1.5, budget.EPOCHS_UNDER_A_DEADLINE)]
     with (tmp_path / "budget.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["budget_seconds"] for r in rows} == {"1.5"}
+    assert all(r["machine"].endswith(", slow day") for r in rows)  # kept apart from the same CPU's other rows
     assert 1 <= int(rows[0]["epochs"]) < budget.EPOCHS_UNDER_A_DEADLINE
     saved = budget.MFCVAE.load(tmp_path / "models" / "demo-200-paper-1.5-seed0")
     assert saved.max_seconds == 1.5 and saved.history_[-1]["epoch"] == int(rows[0]["epochs"])

@@ -4,9 +4,10 @@ Per facet j: q(z_j|x) = N(m_j(x), diag v_j(x)) from two linear heads on ladder f
 a MixturePrior p(c_j) p(z_j|c_j), and the optimal q(c_j|x). The decoder p(x|z_0..z_{J-1})
 is a ladder whose rung j is scaled by alpha_j (progressive fade-in).
 
-With ``precision="bfloat16"`` the ladder networks run under autocast (about 2.4x faster
-training on a CPU with AVX-512 BF16); the linear heads, the priors, the posteriors and the
-likelihood stay float32, where rounding would move log densities.
+With ``precision="bfloat16"`` the ladder networks run under autocast (2.4x the epochs per
+minute on the AMD EPYC host of benchmarks/budget.py, which has AVX-512 BF16); the linear
+heads, the priors, the posteriors and the likelihood stay float32, where rounding would move
+log densities.
 """
 
 from __future__ import annotations
