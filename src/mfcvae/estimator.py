@@ -89,8 +89,9 @@ class MFCVAE(BaseEstimator):
         (beyond the paper).
     precision : "float32" (the paper's) or "bfloat16": the ladder networks run in bfloat16
         under autocast, the heads and every probability term in float32. On a CPU with
-        AVX-512 BF16 (or an Ampere or later GPU) a step costs less than half, so a time
-        budget buys more than twice the steps; elsewhere it can be slower.
+        AVX-512 BF16 a time budget buys 2.4x the epochs (measured, benchmarks/budget.py);
+        CPUs without it emulate bfloat16 and can be slower; GPUs need bfloat16 support
+        (Ampere or later; the GPU speed-up is not measured here).
     epochs, batch_size, lr : Adam optimisation.
     progressive : train facets one at a time, top first, each faded in (else all at once).
     stage_epochs : epochs per stage; default: equal stages. With a sum other than ``epochs``
