@@ -14,10 +14,12 @@ deadline, and the progressive schedule is laid over the time). Variants start fr
     python benchmarks/budget.py --data demo --epochs 2 --variants paper --seeds 0        # smoke run
     python benchmarks/budget.py --data fashion --seconds 600 --variants paper free_bits --seeds 0 1 2
     python benchmarks/budget.py --data tinted --n 20000 --epochs 10 --variants paper free_bits
+    python benchmarks/budget.py --data fashion --seconds 60 --variants paper bf16 --seeds 0 1 2 \
+        --machine-note "host of 2026-11-25"        # timed rows compare only with rows of the same host and day
     python benchmarks/budget.py --table            # summarise every stored row
-    python benchmarks/budget.py --table --machine EPYC --plot docs/budget.png   # one machine's rows, drawn
-    python benchmarks/budget.py --data tinted --n 20000 --epochs 30 --variants merge_1_joint_2e-3 --seeds 1 \
-        --save-models runs/budget --save-data runs/tinted.npz      # then: mfcvae report MODEL --data runs/tinted.npz
+    python benchmarks/budget.py --table --machine 2026-11-25 --plot docs/budget.png   # one host's rows, drawn
+    python benchmarks/budget.py --data tinted --seconds 600 --variants merge_1_joint_2e-3_bf16 --seeds 3 \
+        --save-models runs/budget --save-data runs/tinted70k.npz   # then: mfcvae report MODEL --data runs/tinted70k.npz
 """
 
 from __future__ import annotations
