@@ -60,6 +60,12 @@ VARIANTS = {
     "bf16": {"precision": "bfloat16"},
     "bf16_batch_128": {"precision": "bfloat16", "batch_size": 128},
     "merge_1_joint_2e-3_bf16": {"merge_scale": 1.0, "progressive": False, "lr": 2e-3, "precision": "bfloat16"},
+    # on top of bf16_batch_128: a wider item (top) latent; an AE warm-up with a fitted mixture;
+    # the lower rung merged at full scale (keeps the lower facet alive on tinted)
+    "bf16_batch_128_z10": {"precision": "bfloat16", "batch_size": 128, "latent_dims": [5, 10]},
+    "bf16_batch_128_warmup_fit": {"precision": "bfloat16", "batch_size": 128, "pretrain_epochs": 2,
+                                  "init_variances": True},
+    "bf16_batch_128_merge_1": {"precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0},
     # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
     "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }

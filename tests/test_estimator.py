@@ -12,8 +12,9 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from mfcvae import MFCVAE
+from mfcvae import MFCVAE, load_preset
 from mfcvae import train as train_module
+from mfcvae.estimator import resolve_precision
 from mfcvae.serialization import read_safetensors
 from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE
 
@@ -239,6 +240,47 @@ def test_bfloat16_fit_trains_float32_weights_and_round_trips(tiny_estimator, X, 
     loaded = MFCVAE.load(tmp_path / "model", device="cpu")
     assert loaded.precision == "bfloat16" and loaded.model_.cfg.precision == "bfloat16"
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
+def _cpu_has_bf16(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
+def test_precision_auto_follows_the_cpu(tiny_estimator, X, monkeypatch, native, expected):
+    _cpu_has_bf16(monkeypatch, native)
+    est = tiny_estimator(precision="auto", epochs=1).fit(X)
+    assert est.precision == "auto" and est.precision_ == expected
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
+def test_precision_auto_on_a_gpu_asks_for_native_bfloat16(monkeypatch, native, expected):
+    """Emulated bfloat16 (older GPUs) would be slower than float32, so "auto" does not count it."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
+    assert resolve_precision("float32", torch.device("cuda")) == "float32"
+
+
+def test_precision_auto_model_keeps_its_arithmetic_on_another_machine(tiny_estimator, X, tmp_path, monkeypatch):
+    """A model trained in bfloat16 under "auto" loads in bfloat16 where "auto" would pick float32."""
+    _cpu_has_bf16(monkeypatch, True)
+    est = tiny_estimator(precision="auto", epochs=2).fit(X)
+    est.save(tmp_path / "model")
+    _cpu_has_bf16(monkeypatch, False)
+    loaded = MFCVAE.load(tmp_path / "model", device="cpu")
+    assert loaded.precision == "auto" and loaded.precision_ == "bfloat16"
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn", "3dshapes_1", "3dshapes_2"])
+def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name):
+    """The defaults train with batch 128 and precision "auto"; a paper preset must not inherit
+    them, nor any option beyond the paper."""
+    est = MFCVAE(**load_preset(name))
+    assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
+    assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
+            est.merge_scale, est.posterior) == (0, False, False, 0.0, "constant", None, "exact")
 
 
 def test_load_missing_folder_raises_file_not_found(tmp_path):
