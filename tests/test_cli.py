@@ -67,8 +67,9 @@ def test_resume_continues_with_more_epochs_and_overwrite_starts_over(files):
 
 def test_fit_on_the_built_in_data_with_a_preset_and_overrides(tmp_path, capsys):
     assert main(["fit", "--preset", "demo", "--out", str(tmp_path / "run"), "--epochs", "2", "--quiet",
-                 "--set", "stage_epochs=[1, 1]", "--set", "hidden_dims=[16, 16]"]) == 0
-    assert "colour" in capsys.readouterr().out
+                 "--set", "stage_epochs=[1, 1]", "--set", "hidden_dims=[16, 16]", "--set", "precision=bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert "colour" in out and "(networks in bfloat16)" in out
     assert tuple(MFCVAE.load(tmp_path / "run").hidden_dims) == (16, 16)
 
 

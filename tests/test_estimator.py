@@ -254,12 +254,11 @@ def test_precision_auto_follows_the_cpu(tiny_estimator, X, monkeypatch, native, 
     assert est.precision == "auto" and est.precision_ == expected
 
 
-@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
-def test_precision_auto_on_a_gpu_asks_for_native_bfloat16(monkeypatch, native, expected):
-    """Emulated bfloat16 (older GPUs) would be slower than float32, so "auto" does not count it."""
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
-    assert resolve_precision("auto", torch.device("cuda")) == expected
-    assert resolve_precision("float32", torch.device("cuda")) == "float32"
+def test_precision_auto_on_a_gpu_is_float32_even_with_bfloat16_units(monkeypatch):
+    """On a GPU bfloat16 autocast slowed these small networks down (measured on an H200)."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", torch.device("cuda")) == "float32"
+    assert resolve_precision("bfloat16", torch.device("cuda")) == "bfloat16"
 
 
 def test_precision_auto_model_keeps_its_arithmetic_on_another_machine(tiny_estimator, X, tmp_path, monkeypatch):

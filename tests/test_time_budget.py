@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from mfcvae import MFCVAE
+from mfcvae import estimator as estimator_module
 from mfcvae import train as train_module
 from mfcvae.cli import main
+from mfcvae.model import MultiFacetVAE
 from mfcvae.serialization import read_safetensors
 from mfcvae.train import CHECKPOINT_FILE
 
@@ -57,6 +59,23 @@ def test_warm_up_that_spends_the_budget_leaves_one_mini_batch(tiny_estimator, X,
     monkeypatch.setattr(train_module.time, "perf_counter", FakeClock(1.0))
     with pytest.warns(UserWarning, match="max_seconds"):
         est = tiny_estimator(epochs=50, max_seconds=0.5, pretrain_epochs=1).fit(X)
+    assert est.history_[-1]["step"] == 1
+
+
+def test_building_the_model_counts_against_the_budget(tiny_estimator, X, monkeypatch):
+    """The clock starts when fit does: time spent before the trainer exists (moving the model to
+    the device, where a first CUDA call can take seconds) comes out of the budget too."""
+    clock = FakeClock(0.01)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+
+    class SlowToBuild(MultiFacetVAE):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            clock.now += 5.0  # longer than the whole budget
+
+    monkeypatch.setattr(estimator_module, "MultiFacetVAE", SlowToBuild)
+    with pytest.warns(UserWarning, match="max_seconds"):
+        est = tiny_estimator(epochs=50, max_seconds=2.0).fit(X)
     assert est.history_[-1]["step"] == 1
 
 

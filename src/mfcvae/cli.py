@@ -163,7 +163,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: mfcvae fit --out {out} --resume", file=sys.stderr)
         return 130
-    print(f"model written to {out}")
+    print(f"model written to {out} (networks in {model.precision_})")
     if data.labels:
         results = {part: model.evaluate(ds) for part, ds in parts.items()}
         for part, rows in results.items():

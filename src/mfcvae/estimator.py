@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,18 +51,21 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bfloat16' where ``device`` computes it natively (a GPU with bfloat16 units, a CPU
-    with AVX-512 BF16 or AMX), else 'float32': emulated bfloat16 would be slower than float32."""
+    """'auto' -> 'bfloat16' on a CPU that computes it natively (AVX-512 BF16 or AMX), else 'float32'.
+
+    Measured (benchmarks/budget.py): on such a CPU bfloat16 fits 2.4x the epochs in a time budget;
+    emulated it would be slower. On a GPU (an H200) the networks are too small for bfloat16 to pay:
+    autocast's extra casts made an epoch slower (46 against 57 epochs a minute), so a GPU gets float32.
+    """
     if precision not in ("auto", *PRECISIONS):
         raise ValueError(f"precision must be one of {('auto', *PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    else:  # torch.cpu's feature probes are private; a torch without them gets float32
-        probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-        native = any(probe() for probe in probes if probe is not None)
-    return "bfloat16" if native else "float32"
+        return "float32"
+    # torch.cpu's feature probes are private; a torch without them gets float32
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return "bfloat16" if any(probe() for probe in probes if probe is not None) else "float32"
 
 
 @contextlib.contextmanager
@@ -81,8 +85,8 @@ class MFCVAE(BaseEstimator):
     The defaults are the paper's MNIST configuration (two facets, 25 clusters and 5 latent
     dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
     Bernoulli likelihood, Adam at 5e-4, GMM initialisation, progressive training) with two
-    measured changes: batch 128 instead of 512 and precision "auto" (bfloat16 networks where
-    the hardware has it), which reach more accuracy in the same time (benchmarks/budget.py).
+    measured changes: batch 128 instead of 512 and precision "auto" (bfloat16 networks on a CPU
+    that has it natively), which reach more accuracy in the same time (benchmarks/budget.py).
     Colour images get the paper's convolutional ladder. The paper's recipe exactly:
     ``MFCVAE(**mfcvae.load_preset("mnist"))`` (or ``--preset mnist``).
 
@@ -109,10 +113,9 @@ class MFCVAE(BaseEstimator):
     precision : "auto" (default), "float32" (the paper's) or "bfloat16": with bfloat16 the ladder networks
         run in bfloat16 under autocast, the heads and every probability term in float32. On a
         CPU with AVX-512 BF16 a time budget buys 2.4x the epochs (measured, benchmarks/budget.py);
-        CPUs without it emulate bfloat16 and can be slower; GPUs need bfloat16 support
-        (Ampere or later; the GPU speed-up is not measured here). "auto": bfloat16 where the
-        device computes it natively, else float32 (``precision_`` says which; a saved model
-        keeps it).
+        CPUs without it emulate bfloat16 and can be slower; on a GPU (an H200) it was slower
+        too, the networks being small. "auto": bfloat16 on a CPU with native bfloat16, else
+        float32 (``precision_`` says which; a saved model keeps it).
     epochs, batch_size, lr : Adam optimisation (the paper: batch 512; 128 buys four times the
         steps per epoch, which pays off under a time budget).
     progressive : train facets one at a time, top first, each faded in (else all at once).
@@ -264,6 +267,7 @@ class MFCVAE(BaseEstimator):
         ``resume=True`` continues from the checkpoint, a larger ``epochs`` lengthening the
         last stage of the progressive schedule.
         """
+        started = time.perf_counter()  # a max_seconds budget counts from here
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         x = as_tensor(X, unit_interval=self.likelihood == "bernoulli")
@@ -283,7 +287,7 @@ class MFCVAE(BaseEstimator):
                 if resume:  # the checkpoint's schedule replaces the one built here: no warnings about it
                     warnings.simplefilter("ignore", UserWarning)
                 trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose,
-                                  metadata=self.get_params(), data_id=data_fingerprint(x))
+                                  metadata=self.get_params(), data_id=data_fingerprint(x), started=started)
             if resume:
                 trainer.load_checkpoint(checkpoint)
             else:

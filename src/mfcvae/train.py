@@ -161,6 +161,7 @@ class Trainer:
         verbose: bool = True,
         metadata: dict | None = None,
         data_id: str = "",
+        started: float | None = None,
     ):
         self.model, self.cfg, self.device, self.verbose = model, cfg, device, verbose
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -172,9 +173,11 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step, self.history = 0, 0, []
         self.progress: EpochProgress | None = None  # set while an epoch is under way
-        # With a time budget (cfg.max_seconds) the clock starts here, so that warm-up and
-        # mixture initialisation count; the training loop gets what they leave.
-        self.created = time.perf_counter()
+        # With a time budget (cfg.max_seconds) the clock starts at ``started`` (the caller's
+        # perf_counter when its work began: fit's, so that building the model on the device,
+        # the first CUDA call included, counts) or here; warm-up and mixture initialisation
+        # count too, and the training loop gets what they leave.
+        self.created = time.perf_counter() if started is None else started
         self.loop_budget: float | None = None  # seconds the training loop may take
         self.elapsed = 0.0  # seconds the training loop has taken, earlier sessions of a resumed run included
         self._clock: tuple[float, float] | None = None  # (elapsed, perf_counter) when this session's loop began
@@ -215,7 +218,7 @@ class Trainer:
         if self.cfg.max_seconds is not None and self.loop_budget is None:  # a fresh run
             self.loop_budget = self.cfg.max_seconds - (time.perf_counter() - self.created)
             if self.loop_budget <= 0:
-                warnings.warn(f"warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}; "
+                warnings.warn(f"set-up, warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}; "
                               "training one mini-batch only", stacklevel=3)
         self._clock = (self.elapsed, time.perf_counter())
         # The bar follows the position, so that under a time budget it fills with the time spent.
