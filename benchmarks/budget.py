@@ -66,6 +66,10 @@ VARIANTS = {
     "bf16_batch_128_warmup_fit": {"precision": "bfloat16", "batch_size": 128, "pretrain_epochs": 2,
                                   "init_variances": True},
     "bf16_batch_128_merge_1": {"precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0},
+    # ... and mixture weights kept uniform (a cluster cannot die by its weight), with free bits or without
+    "bf16_batch_128_uniform": {"precision": "bfloat16", "batch_size": 128, "learn_weights": False},
+    "bf16_batch_128_uniform_free_bits": {"precision": "bfloat16", "batch_size": 128, "learn_weights": False,
+                                         "free_bits": 2.0},
     # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
     "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }

@@ -438,10 +438,11 @@ class MFCVAE(BaseEstimator):
         if config.get("format") != "mfcvae":
             raise ValueError(f"{Path(path) / CONFIG_FILE} is not an mfcvae model config")
         est = cls(**{**config["params"], "device": device})
+        # the arithmetic it was trained in, whatever "auto" picks on this machine (float32 for
+        # a model saved before precision existed)
+        trained_in = config.get("precision", config["params"].get("precision", "float32"))
         model_cfg = est._model_config(tuple(config["input_shape"]), resolve_device(device))
-        if "precision" in config:  # the arithmetic it was trained in, whatever "auto" picks on this machine
-            model_cfg = dataclasses.replace(model_cfg, precision=config["precision"])
-        model = MultiFacetVAE(model_cfg)
+        model = MultiFacetVAE(dataclasses.replace(model_cfg, precision=trained_in))
         model.load_state_dict(state)
         est.model_ = model.to(resolve_device(device)).eval()
         est.input_shape_, est.history_ = tuple(config["input_shape"]), config["history"]
