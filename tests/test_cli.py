@@ -18,7 +18,7 @@ from mfcvae.train import CHECKPOINT_FILE
 from test_datasets import write_3dshapes, write_mnist_folder
 
 TINY_CONFIG = dict(n_clusters=[4, 3], latent_dims=[2, 3], hidden_dims=[32, 64], epochs=2, batch_size=64,
-                   lr=0.001, device="cpu")
+                   lr=0.001, device="cpu", precision="float32")  # not "auto": same arithmetic on every machine
 
 
 @pytest.fixture()

@@ -272,6 +272,14 @@ def test_precision_auto_model_keeps_its_arithmetic_on_another_machine(tiny_estim
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
 
 
+def test_resume_keeps_the_arithmetic_the_run_started_in(tiny_estimator, X, tmp_path, monkeypatch):
+    _cpu_has_bf16(monkeypatch, True)
+    tiny_estimator(precision="auto", epochs=1).fit(X, run_dir=tmp_path)
+    _cpu_has_bf16(monkeypatch, False)
+    est = tiny_estimator(precision="auto", epochs=2).fit(X, run_dir=tmp_path, resume=True)
+    assert est.precision_ == "bfloat16" and len(est.history_) == 2
+
+
 def test_a_model_saved_before_precision_existed_loads_in_float32(fitted, tmp_path, monkeypatch):
     """Such a model was trained in float32; the new default "auto" must not change that on load."""
     fitted.save(tmp_path / "model")

@@ -26,7 +26,7 @@ from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, write_model_dir
 from .train import (CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches,
-                    read_checkpoint_metadata, recalibrate_batch_norm)
+                    read_checkpoint_metadata, read_checkpoint_precision, recalibrate_batch_norm)
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -82,10 +82,10 @@ class MFCVAE(BaseEstimator):
 
     Facet j has ``n_clusters[j]`` clusters and a ``latent_dims[j]``-dimensional latent.
     Facet 0 is the bottom rung of the ladder (nearest the pixels), facet J-1 the top.
-    The defaults are the paper's MNIST configuration (two facets, 25 clusters and 5 latent
-    dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
-    Bernoulli likelihood, Adam at 5e-4, GMM initialisation, progressive training) with two
-    measured changes: batch 128 instead of 512 and precision "auto" (bfloat16 networks on a CPU
+    The defaults are the paper's MNIST network and optimiser (two facets, 25 clusters and 5
+    latent dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
+    Bernoulli likelihood, Adam at 5e-4, GMM initialisation, progressive training; 100 epochs
+    in equal stages rather than its 402) with two measured changes: batch 128 instead of 512 and precision "auto" (bfloat16 networks on a CPU
     that has it natively), which reach more accuracy in the same time (benchmarks/budget.py).
     Colour images get the paper's convolutional ladder. The paper's recipe exactly:
     ``MFCVAE(**mfcvae.load_preset("mnist"))`` (or ``--preset mnist``).
@@ -113,9 +113,9 @@ class MFCVAE(BaseEstimator):
     precision : "auto" (default), "float32" (the paper's) or "bfloat16": with bfloat16 the ladder networks
         run in bfloat16 under autocast, the heads and every probability term in float32. On a
         CPU with AVX-512 BF16 a time budget buys 2.4x the epochs (measured, benchmarks/budget.py);
-        CPUs without it emulate bfloat16 and can be slower; on a GPU (an H200) it was slower
-        too, the networks being small. "auto": bfloat16 on a CPU with native bfloat16, else
-        float32 (``precision_`` says which; a saved model keeps it).
+        CPUs without it emulate bfloat16 and can be slower; on a GPU it needs bfloat16 support
+        (Ampere or later) and was slower too on an H200, the networks being small. "auto": bfloat16 on a CPU with native bfloat16, else
+        float32 (``precision_`` says which; a saved model and a resumed run keep it).
     epochs, batch_size, lr : Adam optimisation (the paper: batch 512; 128 buys four times the
         steps per epoch, which pays off under a time budget).
     progressive : train facets one at a time, top first, each faded in (else all at once).
@@ -280,6 +280,7 @@ class MFCVAE(BaseEstimator):
         checkpoint = Path(run_dir) / CHECKPOINT_FILE if run_dir is not None else None
         if resume:
             self._check_resumable(checkpoint)
+            model_cfg = dataclasses.replace(model_cfg, precision=read_checkpoint_precision(checkpoint))
 
         with seeded(self.seed, device):
             model = MultiFacetVAE(model_cfg).to(device)

@@ -388,7 +388,7 @@ class Trainer:
         meta = {"epoch": self.epoch, "step": self.step, "history": self.history, "optimizer": optim_meta,
                 "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata, "progress": None,
                 "data": self.data_id, "stage_reached": self.stage_reached, "elapsed": self._elapsed_now(),
-                "loop_budget": self.loop_budget}
+                "loop_budget": self.loop_budget, "precision": self.model.cfg.precision}
         if self.progress is not None:  # a checkpoint in the middle of an epoch
             tensors["progress.order"] = self.progress.order
             meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
@@ -434,6 +434,13 @@ class Trainer:
 def read_checkpoint_metadata(path: str | Path) -> dict:
     """The estimator parameters stored in a checkpoint (to rebuild the estimator on resume)."""
     return read_safetensors(Path(path))[1]["estimator"]
+
+
+def read_checkpoint_precision(path: str | Path) -> str:
+    """The arithmetic a checkpointed run trains in, whatever precision="auto" picks where it resumes
+    (float32 for checkpoints written before precision existed)."""
+    meta = read_safetensors(Path(path))[1]
+    return meta.get("precision", meta["estimator"].get("precision", "float32"))
 
 
 def _accumulate(sums: dict[str, float], terms: ELBOTerms, loss: torch.Tensor, n: int) -> None:
