@@ -79,7 +79,7 @@ def test_every_variant_is_a_valid_estimator_configuration(variant):
 
     params = budget.params_for(variant, {})
     MFCVAE(**params)._train_config()
-    assert MFCVAE(**params)._model_config((1, 28, 28)).n_clusters == (10, 10)
+    assert MFCVAE(**params)._model_config((1, 28, 28), "float32").n_clusters == (10, 10)
 
 
 def test_summary_keeps_machines_apart():

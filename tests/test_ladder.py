@@ -143,8 +143,8 @@ def test_merge_scale_multiplies_the_lower_rungs_like_the_fade_in_weight(make_mod
 
 
 def test_estimator_merge_scale_defaults_to_the_papers_per_architecture(X):
-    assert MFCVAE()._model_config((1, 28, 28)).merge_scale == 0.1
-    assert MFCVAE()._model_config((3, 32, 32)).merge_scale == 1.0  # conv
-    assert MFCVAE(merge_scale=1.0)._model_config((1, 28, 28)).merge_scale == 1.0
+    assert MFCVAE()._model_config((1, 28, 28), "float32").merge_scale == 0.1
+    assert MFCVAE()._model_config((3, 32, 32), "float32").merge_scale == 1.0  # conv
+    assert MFCVAE(merge_scale=1.0)._model_config((1, 28, 28), "float32").merge_scale == 1.0
     with pytest.raises(ValueError, match="merge_scale"):
-        MFCVAE(merge_scale=0.0)._model_config((1, 28, 28))
+        MFCVAE(merge_scale=0.0)._model_config((1, 28, 28), "float32")

@@ -8,7 +8,6 @@ nothing of layer shapes (model.py) or of command lines (cli.py).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,9 +23,8 @@ from .datasets import Dataset
 from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
-from .serialization import CONFIG_FILE, read_model_dir, write_model_dir
-from .train import (CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches,
-                    read_checkpoint_metadata, read_checkpoint_precision, recalibrate_batch_norm)
+from .serialization import CONFIG_FILE, read_model_dir, read_safetensors, write_model_dir
+from .train import CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches, recalibrate_batch_norm
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -68,6 +66,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bfloat16" if any(probe() for probe in probes if probe is not None) else "float32"
 
 
+def trained_precision(record: dict, params: dict) -> str:
+    """The arithmetic a saved model or checkpoint (``record``, with its estimator ``params``) was
+    trained in, whatever precision="auto" picks where it is read; float32 where it predates precision."""
+    return record.get("precision", params.get("precision", "float32"))
+
+
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block under torch's global RNG seeded with ``seed``, restoring the caller's RNG after."""
@@ -85,8 +89,9 @@ class MFCVAE(BaseEstimator):
     The defaults are the paper's MNIST network and optimiser (two facets, 25 clusters and 5
     latent dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
     Bernoulli likelihood, Adam at 5e-4, GMM initialisation, progressive training; 100 epochs
-    in equal stages rather than its 402) with two measured changes: batch 128 instead of 512 and precision "auto" (bfloat16 networks on a CPU
-    that has it natively), which reach more accuracy in the same time (benchmarks/budget.py).
+    in equal stages rather than its 402) with two measured changes: batch 128 instead of 512
+    and precision "auto" (bfloat16 networks on a CPU that has it natively), which reach more
+    accuracy in the same time (benchmarks/budget.py).
     Colour images get the paper's convolutional ladder. The paper's recipe exactly:
     ``MFCVAE(**mfcvae.load_preset("mnist"))`` (or ``--preset mnist``).
 
@@ -110,12 +115,13 @@ class MFCVAE(BaseEstimator):
     merge_scale : factor on each lower facet's contribution to the decoder; default (None): the
         paper's, 0.1 for MLP and 1 for conv. 1 lets a lower MLP facet take over a strong factor
         (beyond the paper).
-    precision : "auto" (default), "float32" (the paper's) or "bfloat16": with bfloat16 the ladder networks
-        run in bfloat16 under autocast, the heads and every probability term in float32. On a
-        CPU with AVX-512 BF16 a time budget buys 2.4x the epochs (measured, benchmarks/budget.py);
-        CPUs without it emulate bfloat16 and can be slower; on a GPU it needs bfloat16 support
-        (Ampere or later) and was slower too on an H200, the networks being small. "auto": bfloat16 on a CPU with native bfloat16, else
-        float32 (``precision_`` says which; a saved model and a resumed run keep it).
+    precision : "auto" (default), "float32" (the paper's) or "bfloat16": with bfloat16 the
+        ladder networks run in bfloat16 under autocast, the heads and every probability term in
+        float32. On a CPU with AVX-512 BF16 a time budget buys 2.4x the epochs (measured,
+        benchmarks/budget.py); CPUs without it emulate bfloat16 and can be slower; on a GPU it
+        needs bfloat16 support (Ampere or later) and was slower too on an H200, the networks
+        being small. "auto": bfloat16 on a CPU with native bfloat16, else float32
+        (``precision_`` says which; a saved model and a resumed run keep it).
     epochs, batch_size, lr : Adam optimisation (the paper: batch 512; 128 buys four times the
         steps per epoch, which pays off under a time budget).
     progressive : train facets one at a time, top first, each faded in (else all at once).
@@ -212,8 +218,9 @@ class MFCVAE(BaseEstimator):
         self.verbose = verbose
 
     # --- configuration -------------------------------------------------------------
-    def _model_config(self, input_shape: tuple[int, ...], device: torch.device = torch.device("cpu")) -> ModelConfig:
-        """The network for inputs of ``input_shape`` on ``device`` (which settles precision="auto")."""
+    def _model_config(self, input_shape: tuple[int, ...], precision: str) -> ModelConfig:
+        """The network for inputs of ``input_shape``, its arithmetic ``precision`` already settled
+        (resolve_precision, or what a saved model or checkpoint was trained in)."""
         n_clusters, latent_dims = (_as_tuple(n, v) for n, v in (
             ("n_clusters", self.n_clusters), ("latent_dims", self.latent_dims)))
         if len(n_clusters) != len(latent_dims):
@@ -237,7 +244,7 @@ class MFCVAE(BaseEstimator):
             likelihood=self.likelihood, likelihood_scale=self.likelihood_scale, posterior=self.posterior,
             architecture=architecture, activation=self.activation or ("elu" if conv else "relu"),
             batch_norm=conv if self.batch_norm is None else self.batch_norm,
-            merge_scale=self.merge_scale, precision=resolve_precision(self.precision, device),
+            merge_scale=self.merge_scale, precision=precision,
         )
 
     def _architecture(self, input_shape: tuple[int, ...], n_facets: int) -> str:
@@ -272,15 +279,14 @@ class MFCVAE(BaseEstimator):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         x = as_tensor(X, unit_interval=self.likelihood == "bernoulli")
         device = resolve_device(self.device)
-        model_cfg, train_cfg = self._model_config(tuple(x.shape[1:]), device), self._train_config()
-        if len(x) < max(model_cfg.n_clusters):
-            raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
         if resume and run_dir is None:
             raise ValueError("resume=True needs the run_dir holding the checkpoint")
         checkpoint = Path(run_dir) / CHECKPOINT_FILE if run_dir is not None else None
-        if resume:
-            self._check_resumable(checkpoint)
-            model_cfg = dataclasses.replace(model_cfg, precision=read_checkpoint_precision(checkpoint))
+        # a resumed run keeps the arithmetic it started in, whatever "auto" picks here
+        precision = self._check_resumable(checkpoint) if resume else resolve_precision(self.precision, device)
+        model_cfg, train_cfg = self._model_config(tuple(x.shape[1:]), precision), self._train_config()
+        if len(x) < max(model_cfg.n_clusters):
+            raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
 
         with seeded(self.seed, device):
             model = MultiFacetVAE(model_cfg).to(device)
@@ -307,14 +313,17 @@ class MFCVAE(BaseEstimator):
             self.save(run_dir)
         return self
 
-    def _check_resumable(self, checkpoint: Path) -> None:
+    def _check_resumable(self, checkpoint: Path) -> str:
+        """Refuse a checkpoint whose parameters differ from this estimator's; return the precision
+        its run trains in."""
         if not checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
-        saved = read_checkpoint_metadata(checkpoint)
-        mine = self.get_params()
+        meta = read_safetensors(checkpoint)[1]
+        saved, mine = meta["estimator"], self.get_params()
         changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and _jsonable(saved[k]) != _jsonable(mine.get(k)))
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: these parameters differ from the checkpoint's: {changed}")
+        return trained_precision(meta, saved)
 
     # --- inference -----------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -439,11 +448,7 @@ class MFCVAE(BaseEstimator):
         if config.get("format") != "mfcvae":
             raise ValueError(f"{Path(path) / CONFIG_FILE} is not an mfcvae model config")
         est = cls(**{**config["params"], "device": device})
-        # the arithmetic it was trained in, whatever "auto" picks on this machine (float32 for
-        # a model saved before precision existed)
-        trained_in = config.get("precision", config["params"].get("precision", "float32"))
-        model_cfg = est._model_config(tuple(config["input_shape"]), resolve_device(device))
-        model = MultiFacetVAE(dataclasses.replace(model_cfg, precision=trained_in))
+        model = MultiFacetVAE(est._model_config(tuple(config["input_shape"]), trained_precision(config, config["params"])))
         model.load_state_dict(state)
         est.model_ = model.to(resolve_device(device)).eval()
         est.input_shape_, est.history_ = tuple(config["input_shape"]), config["history"]

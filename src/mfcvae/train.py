@@ -436,13 +436,6 @@ def read_checkpoint_metadata(path: str | Path) -> dict:
     return read_safetensors(Path(path))[1]["estimator"]
 
 
-def read_checkpoint_precision(path: str | Path) -> str:
-    """The arithmetic a checkpointed run trains in, whatever precision="auto" picks where it resumes
-    (float32 for checkpoints written before precision existed)."""
-    meta = read_safetensors(Path(path))[1]
-    return meta.get("precision", meta["estimator"].get("precision", "float32"))
-
-
 def _accumulate(sums: dict[str, float], terms: ELBOTerms, loss: torch.Tensor, n: int) -> None:
     """Add one batch's (size-weighted) ELBO terms to the epoch's running sums."""
     with torch.no_grad():
