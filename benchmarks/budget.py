@@ -70,6 +70,21 @@ VARIANTS = {
     "bf16_batch_128_uniform": {"precision": "bfloat16", "batch_size": 128, "learn_weights": False},
     "bf16_batch_128_uniform_free_bits": {"precision": "bfloat16", "batch_size": 128, "learn_weights": False,
                                          "free_bits": 2.0},
+    # ... or learned weights with free bits, floored (pi_k >= 0.05) or not
+    "bf16_batch_128_free_bits": {"precision": "bfloat16", "batch_size": 128, "free_bits": 2.0},
+    "bf16_batch_128_floor_free_bits": {"precision": "bfloat16", "batch_size": 128, "weight_floor": 0.5,
+                                       "free_bits": 2.0},
+    "merge_1_joint_2e-3_bf16_floor_free_bits": {"merge_scale": 1.0, "progressive": False, "lr": 2e-3,
+                                                "precision": "bfloat16", "weight_floor": 0.5, "free_bits": 2.0},
+    # ... with dead clusters re-seeded at epoch ends
+    "bf16_batch_128_reseed": {"precision": "bfloat16", "batch_size": 128, "reseed_dead": True},
+    "bf16_batch_128_free_bits_reseed": {"precision": "bfloat16", "batch_size": 128, "free_bits": 2.0,
+                                        "reseed_dead": True},
+    # the tinted recipe (lower rung at full scale, facets trained together) at batch 128
+    "bf16_batch_128_merge_1_joint": {"precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0,
+                                     "progressive": False},
+    "bf16_batch_128_merge_1_joint_floor_free_bits": {"precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0,
+                                                     "progressive": False, "weight_floor": 0.5, "free_bits": 2.0},
     # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
     "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }
@@ -109,7 +124,8 @@ def run(dataset: str, data: Dataset, variant: str, seed: int, epochs: int | None
     epochs_run = model.history_[-1]["epoch"]  # under a deadline the last one may be partial
     if save_dir is not None:
         model.save(save_dir / f"{dataset}-{len(data)}-{variant}-{budget or epochs_run}-seed{seed}")
-    base = {"dataset": dataset, "n": len(data), "variant": variant, "seed": seed, "epochs": epochs_run,
+    label = " ".join([variant, *(f"({k}={v})" for k, v in extra.items())])  # --set changes are named
+    base = {"dataset": dataset, "n": len(data), "variant": label, "seed": seed, "epochs": epochs_run,
             "budget_seconds": budget or "", "train_seconds": round(seconds, 1), "machine": machine()}
     kl = [model.history_[-1][f"kl_{j}"] for j in range(len(model.n_clusters))]
     return [{**base, **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},

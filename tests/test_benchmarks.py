@@ -23,16 +23,17 @@ def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsy
     budget.main()
     with (tmp_path / "budget.csv").open() as f:
         rows = list(csv.DictReader(f))
-    runs = [r for r in rows if r["variant"] in ("paper", "free_bits")]
+    changes = "(hidden_dims=[32, 64]) (batch_size=64)"  # the --set changes, named in each row
+    runs = [r for r in rows if r["variant"] in (f"paper {changes}", f"free_bits {changes}")]
     assert len(runs) == 2 * 2 * 2  # variants x facets x labels
     assert {r["label"] for r in rows} == {"shape", "colour"}
     assert all(float(r["kl"]) >= 0 and 0 < float(r["accuracy"]) <= 1 for r in runs)
     assert any(r["variant"] == "kmeans_K10" for r in rows)
     out = capsys.readouterr().out
-    assert "| demo 300 | 1 epochs | free_bits | shape |" in out
+    assert f"| demo 300 | 1 epochs | free_bits {changes} | shape |" in out
     monkeypatch.setattr(sys, "argv", ["budget.py", "--table", "--plot", str(tmp_path / "budget.png")])
     budget.main()
-    assert "| demo 300 | 1 epochs | paper | colour |" in capsys.readouterr().out
+    assert f"| demo 300 | 1 epochs | paper {changes} | colour |" in capsys.readouterr().out
     from PIL import Image
 
     with Image.open(tmp_path / "budget.png") as image:
@@ -63,6 +64,8 @@ def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, cap
     with (tmp_path / "budget.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["budget_seconds"] for r in rows} == {"1.5"}
+    label = "paper (hidden_dims=[16, 16]) (batch_size=64)"  # rows name the --set changes
+    assert {r["variant"] for r in rows} == {label}
     assert all(r["machine"].endswith(", slow day") for r in rows)  # kept apart from the same CPU's other rows
     assert 1 <= int(rows[0]["epochs"]) < budget.EPOCHS_UNDER_A_DEADLINE
     saved = budget.MFCVAE.load(tmp_path / "models" / "demo-200-paper-1.5-seed0")
@@ -70,7 +73,7 @@ def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, cap
     written = load(tmp_path / "d.npz")  # what `mfcvae report --data` reads
     assert len(written) == 200 and set(written.labels) == {"shape", "colour"}
     assert written.shape == saved.input_shape_
-    assert "| demo 200 | 1.5 s | paper |" in capsys.readouterr().out
+    assert f"| demo 200 | 1.5 s | {label} |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("variant", list(budget.VARIANTS))

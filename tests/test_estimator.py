@@ -291,6 +291,18 @@ def test_a_model_saved_before_precision_existed_loads_in_float32(fitted, tmp_pat
     assert MFCVAE.load(tmp_path / "model", device="cpu").precision_ == "float32"
 
 
+def test_reseed_dead_logs_its_work_per_epoch(tiny_estimator, X):
+    """Every epoch's row says how many clusters each facet had re-seeded as it started: none
+    before the first epoch, none in a facet not yet switched on."""
+    est = tiny_estimator(epochs=4, n_clusters=(8, 8), reseed_dead=True).fit(X)
+    rows = est.history_
+    assert all({"reseeded_0", "reseeded_1"} <= set(r) for r in rows)
+    assert (rows[0]["reseeded_0"], rows[0]["reseeded_1"]) == (0, 0)
+    assert rows[1]["reseeded_0"] == 0  # facet 0 fades in from epoch 3 on
+    assert sum(r["reseeded_1"] for r in rows) > 0  # 8 clusters for the demo's 4 shapes: some die
+    assert "reseeded_0" not in tiny_estimator(epochs=1, reseed_dead=False).fit(X).history_[0]
+
+
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn", "3dshapes_1", "3dshapes_2"])
 def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name):
     """The defaults train with batch 128 and precision "auto"; a paper preset must not inherit
@@ -298,7 +310,8 @@ def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name
     est = MFCVAE(**load_preset(name))
     assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
     assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
-            est.merge_scale, est.posterior) == (0, False, False, 0.0, "constant", None, "exact")
+            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor) == (
+        0, False, False, 0.0, "constant", None, "exact", False, 0.0)
 
 
 def test_load_missing_folder_raises_file_not_found(tmp_path):
@@ -405,7 +418,7 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
 
 
 @pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1, init_variances=True,
-                                            lr_schedule="cosine")],
+                                            lr_schedule="cosine", reseed_dead=True, weight_floor=0.3)],
                          ids=["paper", "with-remedies"])
 def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
                                                                        extra):
@@ -533,6 +546,9 @@ BAD_PARAMS = {
     "lr_schedule": (dict(lr_schedule="step"), "lr_schedule"),
     "init_variances not a bool": (dict(init_variances="yes"), "init_variances"),
     "learn_weights not a bool": (dict(learn_weights=2), "learn_weights"),
+    "weight_floor above 1": (dict(weight_floor=1.5), "weight_floor"),
+    "weight_floor negative": (dict(weight_floor=-0.1), "weight_floor"),
+    "reseed_dead not a bool": (dict(reseed_dead="yes"), "reseed_dead"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
     "precision": (dict(precision="float16"), "precision"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from mfcvae.train import initialise_priors
+from mfcvae.train import initialise_priors, reseed_dead_clusters
 
 CPU = torch.device("cpu")
 
@@ -46,3 +46,45 @@ def test_fitted_variances_leave_fixed_weights_alone(make_model):
     initialise_priors(model, torch.rand(100, 3, 4, 4), "gmm", seed=0, device=CPU, fit_variances=True)
     for prior, logits in zip(model.priors, before):
         assert torch.equal(prior.logits, logits)
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_split_component_copies_the_source_and_halves_its_weight(covariance, make_model):
+    prior = make_model(covariance=covariance).priors[0]
+    pi, scale = prior.log_weights.exp().detach().clone(), prior.scale_tril().detach().clone()
+    prior.split_component(source=1, target=3, mean=torch.tensor([5.0, -5.0]))
+    after = prior.log_weights.exp().detach()
+    torch.testing.assert_close(prior.means[3].detach(), torch.tensor([5.0, -5.0]))
+    torch.testing.assert_close(prior.scale_tril()[3].detach(), scale[1])
+    torch.testing.assert_close(after[1], after[3])
+    # the two share what cluster 1 had; the others keep their relative weights
+    torch.testing.assert_close(after[1] + after[3], pi[1] / (1 - pi[3]))
+    torch.testing.assert_close(after[[0, 2]] / after[0], pi[[0, 2]] / pi[0])
+
+
+def test_reseed_revives_a_dead_cluster_by_splitting_the_biggest(make_model):
+    """A cluster far from every encoded input is moved onto an input of the most used cluster
+    and then takes inputs; a facet not named is left alone."""
+    model = make_model(n_clusters=(4, 3)).eval()
+    x = torch.rand(300, 3, 4, 4)
+    with torch.no_grad():
+        model.priors[0].means[2] = 100.0  # no input is nearest to it
+        untouched = model.priors[1].means.clone()
+
+    def assigned() -> torch.Tensor:
+        return model.cluster_log_posteriors(x)[0].argmax(1).bincount(minlength=4)
+
+    assert assigned()[2] == 0
+    rng = np.random.default_rng(0)
+    [n_reseeded] = reseed_dead_clusters(model, x, [0], rng, CPU)
+    assert n_reseeded >= 1
+    assert model.priors[0].means[2].abs().max() < 100
+    assert assigned()[2] > 0
+    assert torch.equal(model.priors[1].means, untouched)
+
+
+def test_reseed_leaves_a_facet_whose_clusters_are_all_used(make_model):
+    model = make_model(n_clusters=(1, 3)).eval()  # a single cluster is always used
+    before = model.priors[0].means.clone()
+    assert reseed_dead_clusters(model, torch.rand(50, 3, 4, 4), [0], np.random.default_rng(0), CPU) == [0]
+    assert torch.equal(model.priors[0].means, before)

@@ -232,6 +232,47 @@ def test_set_variances_gives_diagonal_covariances(covariance):
     np.testing.assert_allclose(covariances(prior), torch.diag_embed(variances).numpy(), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("floor", [0.0, 0.3, 1.0])
+def test_weight_floor_mixes_uniform_mass_into_pi(floor):
+    """pi = f / K + (1 - f) softmax(logits): a distribution with every weight >= f / K; f = 0 is the
+    paper's softmax, f = 1 uniform whatever the logits."""
+    prior = random_prior("diag")
+    prior.weight_floor = floor
+    softmax = torch.softmax(prior.logits, -1)
+    pi = prior.log_weights.exp()
+    torch.testing.assert_close(pi, floor / 4 + (1 - floor) * softmax)
+    torch.testing.assert_close(pi.sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert (pi >= floor / 4 - 1e-12).all()
+
+
+def test_weight_floor_holds_under_training():
+    """A cluster the data never visits loses weight, but no further than the floor."""
+    prior = MixturePrior(4, 2, weight_floor=0.2)
+    optimiser = torch.optim.SGD(prior.parameters(), lr=1.0)
+    for _ in range(200):
+        optimiser.zero_grad()
+        (-prior.log_weights[0]).backward()  # every example in cluster 0
+        optimiser.step()
+    pi = prior.log_weights.exp().detach()
+    assert pi[1:].min() >= 0.05 - 1e-6 and pi[1:].max() < 0.06
+
+
+def test_weight_floor_outside_0_1_raises():
+    with pytest.raises(ValueError, match="weight_floor"):
+        MixturePrior(3, 2, weight_floor=1.5)
+
+
+def test_set_weights_under_a_floor():
+    """set_weights gives the weights asked for where they clear the floor, and the floor elsewhere."""
+    prior = MixturePrior(4, 3, weight_floor=0.4).double()
+    prior.set_weights(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    torch.testing.assert_close(prior.log_weights.exp(), torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64))
+    prior.set_weights(torch.tensor([0.01, 0.19, 0.3, 0.5], dtype=torch.float64))
+    pi = prior.log_weights.exp().detach()
+    assert pi[0].item() == pytest.approx(0.1) and pi.sum().item() == pytest.approx(1.0)
+    assert (pi[1:] < torch.tensor([0.19, 0.3, 0.5], dtype=torch.float64)).all()
+
+
 def test_set_weights_sets_pi():
     prior = random_prior("diag")
     weights = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)

@@ -83,6 +83,7 @@ class ModelConfig:
     hidden_dims: tuple[int, ...]
     covariance: str = "diag"
     learn_weights: bool = True
+    weight_floor: float = 0.0
     likelihood: str = "bernoulli"
     likelihood_scale: float = 0.3
     posterior: str = "exact"
@@ -108,6 +109,9 @@ class ModelConfig:
         _check_bool("batch_norm", self.batch_norm)
         _check_bool("learn_weights", self.learn_weights)
         _check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
+        _check_real("weight_floor", self.weight_floor, 0)
+        if not self.weight_floor <= 1:
+            raise ValueError(f"weight_floor must be in [0, 1], got {self.weight_floor!r}")
         if self.merge_scale is None:
             object.__setattr__(self, "merge_scale", PAPER_MERGE_SCALE[self.architecture])
         _check_real("merge_scale", self.merge_scale, 0, low_open=True)
@@ -142,6 +146,7 @@ class TrainConfig:
     init_variances: bool = False
     pretrain_epochs: int = 0
     refit_on_stage: bool = False
+    reseed_dead: bool = False
     free_bits: float = 0.0
     max_seconds: float | None = None
     seed: int = 0
@@ -156,6 +161,7 @@ class TrainConfig:
         _check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
+        _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("init_variances", self.init_variances)
         _check_real("fade_fraction", self.fade_fraction)
         _check_real("free_bits", self.free_bits)

@@ -89,9 +89,10 @@ class MFCVAE(BaseEstimator):
     The defaults are the paper's MNIST network and optimiser (two facets, 25 clusters and 5
     latent dimensions each, MLP ladder 500/2000, diagonal covariances, learned weights,
     Bernoulli likelihood, Adam at 5e-4, GMM initialisation, progressive training; 100 epochs
-    in equal stages rather than its 402) with two measured changes: batch 128 instead of 512
+    in equal stages rather than its 402) with measured changes: batch 128 instead of 512
     and precision "auto" (bfloat16 networks on a CPU that has it natively), which reach more
-    accuracy in the same time (benchmarks/budget.py).
+    accuracy in the same time, and free bits with dead clusters re-seeded, which keep lower
+    facets from collapsing at the same accuracy (benchmarks/budget.py).
     Colour images get the paper's convolutional ladder. The paper's recipe exactly:
     ``MFCVAE(**mfcvae.load_preset("mnist"))`` (or ``--preset mnist``).
 
@@ -105,6 +106,9 @@ class MFCVAE(BaseEstimator):
         (None): MLP 500 ... 2000 (the paper's (500, 2000) for two facets), conv 64, 128, ...
     covariance : "diag" or "full" covariance of every mixture component.
     learn_weights : learn the mixture weights pi_j (else uniform, fixed).
+    weight_floor : share of each facet's prior mass spread evenly over its clusters, so that
+        pi_jk >= weight_floor / K_j: a cluster cannot die by its weight shrinking to zero
+        (0 = the paper's; 1 = uniform weights; beyond the paper).
     likelihood : "bernoulli" (inputs in [0, 1]) or "gaussian" with std ``likelihood_scale``.
     posterior : "exact" (closed-form optimal q(c|x)) or "mc" (the paper code's one-sample estimate).
     architecture : "mlp", "conv" or "auto" (conv for colour images, (3, H, W) with H and W
@@ -133,8 +137,13 @@ class MFCVAE(BaseEstimator):
     pretrain_epochs : epochs of plain-autoencoder warm-up before the mixture initialisation
         (beyond the paper; 0 = the paper's recipe).
     refit_on_stage : re-initialise a facet's mixture when its stage starts (beyond the paper).
+    reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
+        is the most probable one for under a tenth of its fair share of the data (judged on 4096
+        inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
+        default, with free bits: alone it cannot revive a facet whose latent is unused).
     free_bits : KL (nats, per facet and example) below which a facet is not pulled towards its
-        prior during training; > 0 keeps lower facets from collapsing (beyond the paper).
+        prior during training; > 0 keeps lower facets from collapsing (beyond the paper;
+        default 2, the paper's is 0).
     max_seconds : a wall-clock budget for ``fit`` (warm-up and initialisation included): the
         progressive and learning-rate schedules are laid over the time instead of the
         mini-batches, and training stops at the deadline or after ``epochs``, whichever comes
@@ -160,6 +169,7 @@ class MFCVAE(BaseEstimator):
         hidden_dims: tuple[int, ...] | None = None,
         covariance: str = "diag",
         learn_weights: bool = True,
+        weight_floor: float = 0.0,
         likelihood: str = "bernoulli",
         likelihood_scale: float = 0.3,
         posterior: str = "exact",
@@ -180,7 +190,8 @@ class MFCVAE(BaseEstimator):
         init_variances: bool = False,
         pretrain_epochs: int = 0,
         refit_on_stage: bool = False,
-        free_bits: float = 0.0,
+        reseed_dead: bool = True,
+        free_bits: float = 2.0,
         max_seconds: float | None = None,
         seed: int = 0,
         device: str = "auto",
@@ -191,6 +202,7 @@ class MFCVAE(BaseEstimator):
         self.hidden_dims = hidden_dims
         self.covariance = covariance
         self.learn_weights = learn_weights
+        self.weight_floor = weight_floor
         self.likelihood = likelihood
         self.likelihood_scale = likelihood_scale
         self.posterior = posterior
@@ -211,6 +223,7 @@ class MFCVAE(BaseEstimator):
         self.init_variances = init_variances
         self.pretrain_epochs = pretrain_epochs
         self.refit_on_stage = refit_on_stage
+        self.reseed_dead = reseed_dead
         self.free_bits = free_bits
         self.max_seconds = max_seconds
         self.seed = seed
@@ -241,6 +254,7 @@ class MFCVAE(BaseEstimator):
         return ModelConfig(
             input_shape=input_shape, n_clusters=n_clusters, latent_dims=latent_dims,
             hidden_dims=hidden_dims, covariance=self.covariance, learn_weights=self.learn_weights,
+            weight_floor=self.weight_floor,
             likelihood=self.likelihood, likelihood_scale=self.likelihood_scale, posterior=self.posterior,
             architecture=architecture, activation=self.activation or ("elu" if conv else "relu"),
             batch_norm=conv if self.batch_norm is None else self.batch_norm,
@@ -262,6 +276,7 @@ class MFCVAE(BaseEstimator):
             progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
             fade_fraction=self.fade_fraction, init=self.init, init_variances=self.init_variances,
             pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage, free_bits=self.free_bits,
+            reseed_dead=self.reseed_dead,
             max_seconds=self.max_seconds, seed=self.seed,
         )
 

@@ -70,7 +70,8 @@ class MultiFacetVAE(nn.Module):
         self.mean_heads = nn.ModuleList(nn.Linear(h, d) for h, d in zip(self.encoder.feature_dims, cfg.latent_dims))
         self.logvar_heads = nn.ModuleList(nn.Linear(h, d) for h, d in zip(self.encoder.feature_dims, cfg.latent_dims))
         self.priors = nn.ModuleList(
-            MixturePrior(k, d, cfg.covariance, cfg.learn_weights) for k, d in zip(cfg.n_clusters, cfg.latent_dims)
+            MixturePrior(k, d, cfg.covariance, cfg.learn_weights, cfg.weight_floor)
+            for k, d in zip(cfg.n_clusters, cfg.latent_dims)
         )
         self.likelihood = Bernoulli() if cfg.likelihood == "bernoulli" else Gaussian(cfg.likelihood_scale)
 

@@ -1,6 +1,7 @@
 """One facet's Mixture-of-Gaussians prior p(c) p(z | c) and its optimal posterior q(c | x).
 
-A facet's prior is pi = softmax(logits) over K clusters and, per cluster, a Gaussian
+A facet's prior is pi = softmax(logits) over K clusters (optionally with a floor: a share
+of the mass spread evenly, so no weight can reach zero) and, per cluster, a Gaussian
 N(mu_k, Sigma_k) with a diagonal or full covariance. Full covariances are stored as a
 Cholesky factor whose diagonal is made positive by softplus, so every value of the raw
 parameters is a valid covariance.
@@ -30,13 +31,18 @@ class MixturePrior(nn.Module):
 
     Initialised as the paper does: uniform weights, zero means (to be overwritten by the
     mixture initialisation), variance 0.01 (diag) or Cholesky diagonal 0.1 (full).
+    ``weight_floor`` f makes pi = f / K + (1 - f) softmax(logits), so pi_k >= f / K.
     """
 
-    def __init__(self, n_clusters: int, dim: int, covariance: str = "diag", learn_weights: bool = True):
+    def __init__(self, n_clusters: int, dim: int, covariance: str = "diag", learn_weights: bool = True,
+                 weight_floor: float = 0.0):
         super().__init__()
         if covariance not in ("diag", "full"):
             raise ValueError(f"covariance must be 'diag' or 'full', got {covariance!r}")
+        if not 0 <= weight_floor <= 1:
+            raise ValueError(f"weight_floor must be in [0, 1], got {weight_floor!r}")
         self.n_clusters, self.dim, self.covariance = n_clusters, dim, covariance
+        self.weight_floor = weight_floor
         logits = torch.zeros(n_clusters)
         if learn_weights:
             self.logits = nn.Parameter(logits)
@@ -53,7 +59,13 @@ class MixturePrior(nn.Module):
     @property
     def log_weights(self) -> torch.Tensor:
         """log pi, shape (K,)."""
-        return F.log_softmax(self.logits, dim=-1)
+        log_softmax = F.log_softmax(self.logits, dim=-1)
+        if self.weight_floor == 0:
+            return log_softmax
+        floor = torch.full_like(log_softmax, math.log(self.weight_floor / self.n_clusters))
+        if self.weight_floor == 1:
+            return floor
+        return torch.logaddexp(floor, math.log1p(-self.weight_floor) + log_softmax)
 
     def scale_tril(self) -> torch.Tensor:
         """Cholesky factor L of every Sigma_k (Sigma = L L^T), shape (K, d, d)."""
@@ -145,6 +157,22 @@ class MixturePrior(nn.Module):
             self.chol_offdiag.zero_()
 
     @torch.no_grad()
+    def split_component(self, source: int, target: int, mean: torch.Tensor) -> None:
+        """Make component ``target`` a copy of ``source`` centred on ``mean`` (shape (d,)), the two
+        sharing what was ``source``'s weight: how a dead component is re-seeded."""
+        self.means[target] = mean.to(self.means)
+        if self.covariance == "diag":
+            self.log_var[target] = self.log_var[source]
+        else:
+            self.chol_diag_raw[target] = self.chol_diag_raw[source]
+            self.chol_offdiag[target] = self.chol_offdiag[source]
+        if isinstance(self.logits, nn.Parameter):  # softmax(logits): each gets half of source's share
+            self.logits[source] -= math.log(2)
+            self.logits[target] = self.logits[source]
+
+    @torch.no_grad()
     def set_weights(self, weights: torch.Tensor) -> None:
-        """Make pi = ``weights`` (shape (K,), positive, summing to 1); only for learned weights."""
-        self.logits.copy_(weights.to(self.means).log())
+        """Make pi = ``weights`` (shape (K,), positive, summing to 1); only for learned weights.
+        Under a floor, weights below it become the floor."""
+        weights = weights.to(self.means) - self.weight_floor / self.n_clusters
+        self.logits.copy_(weights.clamp_min(torch.finfo(weights.dtype).tiny).log())

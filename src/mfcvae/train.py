@@ -42,7 +42,10 @@ class EpochProgress:
     done: int = 0  # mini-batches of it already trained
     sums: dict[str, float] = dataclasses.field(default_factory=dict)  # running ELBO-term sums
     seconds: float = 0.0
+    reseeded: dict[str, int] = dataclasses.field(default_factory=dict)  # reseed_dead's work as it began
 GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many encoded inputs
+RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
+DEAD_SHARE = 0.1  # ... a cluster is dead below this fraction of its fair share (1/K) of them
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -121,6 +124,38 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
                     prior.set_weights(torch.from_numpy(gmm.weights_))
         else:
             prior.set_means(torch.from_numpy(z[rng.choice(len(z), prior.n_clusters, replace=False)]))
+
+
+@torch.no_grad()
+def reseed_dead_clusters(model: MultiFacetVAE, x: torch.Tensor, facets: list[int], rng: np.random.Generator,
+                         device: torch.device) -> list[int]:
+    """Re-seed the dead clusters of ``facets``: those that are the most probable cluster (argmax
+    q(c|x)) for under DEAD_SHARE / K of RESEED_POINTS random inputs. Each, in turn, takes over half
+    of the most used cluster: its covariance, half its weight and half its inputs, centred on the
+    posterior mean of one of them. The optimiser then pulls the two apart. Returns the count per
+    facet."""
+    if len(x) > RESEED_POINTS:
+        x = x[torch.from_numpy(np.sort(rng.choice(len(x), RESEED_POINTS, replace=False)))]
+    encoded = map_batches(lambda xb: [t for prior, (mean, var) in zip(model.priors, model.encode(xb))
+                                      for t in (mean, prior.cluster_log_posterior(mean, var).argmax(1))],
+                          x, 1024, device)
+    reseeded = []
+    for j in facets:
+        prior, means, assigned = model.priors[j], encoded[2 * j], encoded[2 * j + 1]
+        counts = torch.bincount(assigned, minlength=prior.n_clusters)
+        dead = (counts < DEAD_SHARE * len(x) / prior.n_clusters).nonzero().flatten().tolist()
+        n_reseeded = 0
+        for k in dead:
+            members = (assigned == counts.argmax()).nonzero().flatten()
+            if len(members) < 2:  # nothing left to split
+                break
+            moved = members[torch.from_numpy(rng.permutation(len(members))[:len(members) // 2])]
+            prior.split_component(int(counts.argmax()), k, means[moved[0]])
+            assigned[moved] = k
+            counts = torch.bincount(assigned, minlength=prior.n_clusters)
+            n_reseeded += 1
+        reseeded.append(n_reseeded)
+    return reseeded
 
 
 @torch.no_grad()
@@ -296,7 +331,7 @@ class Trainer:
 
     def _train_epoch(self, x: torch.Tensor, bar: tqdm) -> dict:
         if self.progress is None:
-            self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle))
+            self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle), reseeded=self._reseed_dead(x))
         progress, start = self.progress, time.perf_counter()
         for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
             batch_idx = progress.order[lo:hi]
@@ -332,6 +367,7 @@ class Trainer:
         n = progress.sums["n"]
         row = {k: v / n for k, v in progress.sums.items() if k != "n"}
         row.update(epoch=self.epoch + 1, step=self.step, seconds=progress.seconds + time.perf_counter() - start)
+        row.update(progress.reseeded)
         for j, w in enumerate(self.schedule.weights(self.position).tolist()):
             row[f"weight_{j}"] = w
         self.progress = None
@@ -349,6 +385,22 @@ class Trainer:
             self.model.eval()
             initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting,
                               fit_variances=self.cfg.init_variances)
+
+    def _reseed_dead(self, x: torch.Tensor) -> dict[str, int]:
+        """With ``reseed_dead``, as an epoch after the first starts: re-seed the dead clusters of the
+        facets that are switched on; the count per facet goes into the epoch's row. At the start
+        of an epoch rather than the end of one, so that a re-seeded cluster always trains, and a
+        run resumed with more epochs re-seeds where a straight run would."""
+        if not self.cfg.reseed_dead:
+            return {}
+        weights = self.schedule.weights(self.position).tolist()
+        facets = [j for j, w in enumerate(weights) if w > 0] if self.epoch > 0 else []
+        counts = dict.fromkeys(range(len(weights)), 0)
+        if facets:
+            self.model.eval()
+            rng = np.random.default_rng([self.cfg.seed, self.epoch])
+            counts.update(zip(facets, reseed_dead_clusters(self.model, x, facets, rng, self.device)))
+        return {f"reseeded_{j}": n for j, n in counts.items()}
 
     # --- logs ----------------------------------------------------------------------
     def _tensorboard(self):
@@ -392,7 +444,7 @@ class Trainer:
         if self.progress is not None:  # a checkpoint in the middle of an epoch
             tensors["progress.order"] = self.progress.order
             meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
-                                "seconds": self.progress.seconds}
+                                "seconds": self.progress.seconds, "reseeded": self.progress.reseeded}
         path = self.run_dir / CHECKPOINT_FILE
         write_safetensors(path, tensors, meta)
         self._saved_step = self.step
