@@ -76,7 +76,7 @@ VARIANTS = {
                                        "free_bits": 2.0},
     "merge_1_joint_2e-3_bf16_floor_free_bits": {"merge_scale": 1.0, "progressive": False, "lr": 2e-3,
                                                 "precision": "bfloat16", "weight_floor": 0.5, "free_bits": 2.0},
-    # ... with dead clusters re-seeded at epoch ends
+    # ... with dead clusters re-seeded between epochs
     "bf16_batch_128_reseed": {"precision": "bfloat16", "batch_size": 128, "reseed_dead": True},
     "bf16_batch_128_free_bits_reseed": {"precision": "bfloat16", "batch_size": 128, "free_bits": 2.0,
                                         "reseed_dead": True},

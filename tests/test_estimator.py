@@ -16,7 +16,7 @@ from sklearn.exceptions import NotFittedError
 from mfcvae import MFCVAE, load_preset
 from mfcvae import train as train_module
 from mfcvae.estimator import resolve_precision
-from mfcvae.serialization import read_safetensors
+from mfcvae.serialization import read_safetensors, write_safetensors
 from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE
 
 N_CLUSTERS = (4, 3)
@@ -278,6 +278,29 @@ def test_resume_keeps_the_arithmetic_the_run_started_in(tiny_estimator, X, tmp_p
     _cpu_has_bf16(monkeypatch, False)
     est = tiny_estimator(precision="auto", epochs=2).fit(X, run_dir=tmp_path, resume=True)
     assert est.precision_ == "bfloat16" and len(est.history_) == 2
+
+
+def test_files_saved_before_reseed_dead_and_weight_floor_existed_keep_how_they_were_trained(
+        tiny_estimator, fitted, X, tmp_path):
+    """They trained without either; the default reseed_dead=True must not be read into them: a
+    loaded model reports reseed_dead=False, and resuming such a checkpoint with the defaults is
+    refused, naming the parameter."""
+    fitted.save(tmp_path / "model")
+    config_file = tmp_path / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["params"]["reseed_dead"], config["params"]["weight_floor"]
+    config_file.write_text(json.dumps(config))
+    loaded = MFCVAE.load(tmp_path / "model", device="cpu")
+    assert (loaded.reseed_dead, loaded.weight_floor) == (False, 0.0)
+
+    run = tmp_path / "run"
+    tiny_estimator(epochs=1, reseed_dead=False).fit(X, run_dir=run)
+    tensors, meta = read_safetensors(run / CHECKPOINT_FILE)
+    del meta["estimator"]["reseed_dead"], meta["estimator"]["weight_floor"]
+    write_safetensors(run / CHECKPOINT_FILE, tensors, meta)
+    with pytest.raises(ValueError, match="reseed_dead"):
+        tiny_estimator(epochs=2).fit(X, run_dir=run, resume=True)
+    assert len(tiny_estimator(epochs=2, reseed_dead=False).fit(X, run_dir=run, resume=True).history_) == 2
 
 
 def test_a_model_saved_before_precision_existed_loads_in_float32(fitted, tmp_path, monkeypatch):

@@ -31,6 +31,9 @@ FORMAT_VERSION = 1
 PREDICT_BATCH = 2048
 # Parameters that may differ between a checkpoint and the estimator that resumes it.
 RESUMABLE_CHANGES = {"epochs", "verbose", "device"}
+# Parameters added after models and checkpoints were first saved, with the value that describes
+# how a file without them was trained (today's default may differ).
+BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -334,7 +337,7 @@ class MFCVAE(BaseEstimator):
         if not checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
         meta = read_safetensors(checkpoint)[1]
-        saved, mine = meta["estimator"], self.get_params()
+        saved, mine = {**BEFORE_THEY_EXISTED, **meta["estimator"]}, self.get_params()
         changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and _jsonable(saved[k]) != _jsonable(mine.get(k)))
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: these parameters differ from the checkpoint's: {changed}")
@@ -462,7 +465,7 @@ class MFCVAE(BaseEstimator):
         state, config = read_model_dir(Path(path))
         if config.get("format") != "mfcvae":
             raise ValueError(f"{Path(path) / CONFIG_FILE} is not an mfcvae model config")
-        est = cls(**{**config["params"], "device": device})
+        est = cls(**{**BEFORE_THEY_EXISTED, **config["params"], "device": device})
         model = MultiFacetVAE(est._model_config(tuple(config["input_shape"]), trained_precision(config, config["params"])))
         model.load_state_dict(state)
         est.model_ = model.to(resolve_device(device)).eval()

@@ -43,6 +43,8 @@ class EpochProgress:
     sums: dict[str, float] = dataclasses.field(default_factory=dict)  # running ELBO-term sums
     seconds: float = 0.0
     reseeded: dict[str, int] = dataclasses.field(default_factory=dict)  # reseed_dead's work as it began
+
+
 GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many encoded inputs
 RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
 DEAD_SHARE = 0.1  # ... a cluster is dead below this fraction of its fair share (1/K) of them
