@@ -158,8 +158,9 @@ class MixturePrior(nn.Module):
 
     @torch.no_grad()
     def split_component(self, source: int, target: int, mean: torch.Tensor) -> None:
-        """Make component ``target`` a copy of ``source`` centred on ``mean`` (shape (d,)), the two
-        sharing what was ``source``'s weight: how a dead component is re-seeded."""
+        """Make component ``target`` a copy of ``source`` centred on ``mean`` (shape (d,)), with equal
+        weights that together make about ``source``'s (what ``target`` had is spread over all):
+        how a dead component is re-seeded."""
         self.means[target] = mean.to(self.means)
         if self.covariance == "diag":
             self.log_var[target] = self.log_var[source]
@@ -173,6 +174,8 @@ class MixturePrior(nn.Module):
     @torch.no_grad()
     def set_weights(self, weights: torch.Tensor) -> None:
         """Make pi = ``weights`` (shape (K,), positive, summing to 1); only for learned weights.
-        Under a floor, weights below it become the floor."""
+        Under a floor, a weight at or below it becomes the floor plus a thousandth of a fair share
+        of the rest, so that its logit can still move (at log(0) its gradient would vanish)."""
         weights = weights.to(self.means) - self.weight_floor / self.n_clusters
-        self.logits.copy_(weights.clamp_min(torch.finfo(weights.dtype).tiny).log())
+        smallest = 1e-3 * (1 - self.weight_floor) / self.n_clusters if self.weight_floor > 0 else 0.0
+        self.logits.copy_(weights.clamp_min(max(smallest, torch.finfo(weights.dtype).tiny)).log())
