@@ -472,29 +472,34 @@ def test_resume_after_ctrl_c_mid_epoch_keeps_the_step_count(tiny_estimator, X, t
     assert [int(r["epoch"]) for r in metrics_rows(tmp_path)] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("epochs, at_step, extra", [(3, 7, {}), (4, 17, dict(n_clusters=(8, 8)))],
+                         ids=["epoch-2", "epoch-4-after-a-reseed"])
 def test_ctrl_c_mid_epoch_checkpoints_that_batch_and_resume_finishes_the_same_run(tiny_estimator, X, tmp_path,
-                                                                                 monkeypatch):
-    """A real SIGINT in the middle of epoch 2: training stops after that mini-batch, the checkpoint
-    holds exactly that point (shuffle order, position, running sums), and resuming gives the model
-    and the per-epoch log an uninterrupted run gives."""
+                                                                                 monkeypatch, epochs, at_step, extra):
+    """A real SIGINT in the middle of an epoch (5 mini-batches of 64 per epoch with 300 examples;
+    batch 2 of epoch 2, or of epoch 4, which starts by re-seeding clusters): training stops after
+    that mini-batch, the checkpoint holds exactly that point (shuffle order, position, running sums,
+    the re-seed count), and resuming gives the model and the per-epoch log an uninterrupted run gives."""
     original_step = torch.optim.Adam.step
     calls = {"n": 0}
 
     def step(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 7:  # epoch 2 (5 mini-batches of 64 per epoch with 300 examples), batch 2
+        if calls["n"] == at_step:
             signal.raise_signal(signal.SIGINT)
         return original_step(self, *args, **kwargs)
 
     with monkeypatch.context() as m:
         m.setattr(torch.optim.Adam, "step", step)
         with pytest.raises(KeyboardInterrupt):
-            tiny_estimator(epochs=3).fit(X, run_dir=tmp_path)
-    assert read_checkpoint(tmp_path)["step"] == 7
+            tiny_estimator(epochs=epochs, **extra).fit(X, run_dir=tmp_path)
+    assert read_checkpoint(tmp_path)["step"] == at_step
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed = tiny_estimator(epochs=3).fit(X, run_dir=tmp_path, resume=True)
-    straight = tiny_estimator(epochs=3).fit(X)
-    for key in ("step", "elbo", "kl_0"):
+    resumed = tiny_estimator(epochs=epochs, **extra).fit(X, run_dir=tmp_path, resume=True)
+    straight = tiny_estimator(epochs=epochs, **extra).fit(X)
+    if extra:  # the interrupted epoch did re-seed, so its count had to survive the checkpoint
+        assert straight.history_[-1]["reseeded_0"] + straight.history_[-1]["reseeded_1"] > 0
+    for key in ("step", "elbo", "kl_0", "reseeded_0", "reseeded_1"):
         assert [h[key] for h in resumed.history_] == pytest.approx([h[key] for h in straight.history_], rel=1e-9)
     for a, b in zip(resumed.predict_proba(X), straight.predict_proba(X)):
         np.testing.assert_array_equal(a, b)
