@@ -167,7 +167,7 @@ class MixturePrior(nn.Module):
         else:
             self.chol_diag_raw[target] = self.chol_diag_raw[source]
             self.chol_offdiag[target] = self.chol_offdiag[source]
-        if isinstance(self.logits, nn.Parameter):  # softmax(logits): each gets half of source's share
+        if isinstance(self.logits, nn.Parameter):  # both logits at source's - log 2
             self.logits[source] -= math.log(2)
             self.logits[target] = self.logits[source]
 

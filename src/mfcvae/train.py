@@ -132,32 +132,30 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
 def reseed_dead_clusters(model: MultiFacetVAE, x: torch.Tensor, facets: list[int], rng: np.random.Generator,
                          device: torch.device) -> list[int]:
     """Re-seed the dead clusters of ``facets``: those that are the most probable cluster (argmax
-    q(c|x)) for under DEAD_SHARE / K of RESEED_POINTS random inputs. Each, in turn, takes over about
-    half of the most used cluster: its covariance and half its weight, centred on the posterior mean
-    of one of its inputs (half of them count as the new cluster's when the next one is chosen). The
-    optimiser then pulls the two apart; Adam's moments for the re-seeded rows are kept, small for a
-    cluster that had no inputs. A facet with fewer inputs than clusters is left alone. Returns the
-    count per facet."""
+    q(c|x), as predictions take it) for under DEAD_SHARE / K of RESEED_POINTS random inputs. Each,
+    in turn, takes over about half of the most used cluster: its covariance and half its weight,
+    centred on the posterior mean of one of its inputs (half of them count as the new cluster's when
+    the next one is chosen). The optimiser then pulls the two apart; Adam's moments for the re-seeded
+    rows are kept, small for a cluster that had no inputs. A facet with fewer inputs than clusters is
+    left alone (some clusters must go without). Returns the count per facet."""
     if len(x) > RESEED_POINTS:
         x = x[torch.from_numpy(np.sort(rng.choice(len(x), RESEED_POINTS, replace=False)))]
-    mc = (lambda mean: mean) if model.cfg.posterior == "mc" else (lambda mean: None)  # as predictions judge
-    encoded = map_batches(lambda xb: [t for prior, (mean, var) in zip(model.priors, model.encode(xb))
-                                      for t in (mean, prior.cluster_log_posterior(mean, var, z=mc(mean)).argmax(1))],
-                          x, 1024, device)
+    assignments = map_batches(lambda xb: [lp.argmax(1) for lp in model.cluster_log_posteriors(xb)], x, 1024, device)
     reseeded = []
     for j in facets:
-        prior, means, assigned = model.priors[j], encoded[2 * j], encoded[2 * j + 1]
+        prior, assigned = model.priors[j], assignments[j]
         counts = torch.bincount(assigned, minlength=prior.n_clusters)
-        dead = (counts < DEAD_SHARE * len(x) / prior.n_clusters).nonzero().flatten().tolist()
-        if len(x) < prior.n_clusters:  # some clusters must go without inputs
-            dead = []
+        dead = [] if len(x) < prior.n_clusters else \
+            (counts < DEAD_SHARE * len(x) / prior.n_clusters).nonzero().flatten().tolist()
         n_reseeded = 0
         for k in dead:
-            members = (assigned == counts.argmax()).nonzero().flatten()
+            biggest = int(counts.argmax())
+            members = (assigned == biggest).nonzero().flatten()
             if len(members) < 2:  # nothing left to split
                 break
             moved = members[torch.from_numpy(rng.permutation(len(members))[:len(members) // 2])]
-            prior.split_component(int(counts.argmax()), k, means[moved[0]])
+            seed_mean = model.encode(to_model_input(x[moved[:1]], device))[j][0][0]
+            prior.split_component(biggest, k, seed_mean)
             assigned[moved] = k
             counts = torch.bincount(assigned, minlength=prior.n_clusters)
             n_reseeded += 1
