@@ -80,11 +80,17 @@ VARIANTS = {
     "bf16_batch_128_reseed": {"precision": "bfloat16", "batch_size": 128, "reseed_dead": True},
     "bf16_batch_128_free_bits_reseed": {"precision": "bfloat16", "batch_size": 128, "free_bits": 2.0,
                                         "reseed_dead": True},
+    # ... with every mixture fitted afresh to the trained encoder's output at the end
+    "bf16_batch_128_free_bits_reseed_refit_end": {"precision": "bfloat16", "batch_size": 128, "free_bits": 2.0,
+                                                  "reseed_dead": True, "refit_at_end": True},
     # the tinted recipe (lower rung at full scale, facets trained together) at batch 128
     "bf16_batch_128_merge_1_joint": {"precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0,
                                      "progressive": False},
     "bf16_batch_128_merge_1_joint_floor_free_bits": {"precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0,
                                                      "progressive": False, "weight_floor": 0.5, "free_bits": 2.0},
+    "bf16_batch_128_merge_1_joint_floor_free_bits_refit_end": {
+        "precision": "bfloat16", "batch_size": 128, "merge_scale": 1.0, "progressive": False, "weight_floor": 0.5,
+        "free_bits": 2.0, "refit_at_end": True},
     # the candidates above, together: warm-up + fitted mixture, higher lr annealed, free bits
     "fast": {"pretrain_epochs": 3, "init_variances": True, "lr": 2e-3, "lr_schedule": "cosine", "free_bits": 2.0},
 }

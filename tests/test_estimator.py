@@ -17,7 +17,7 @@ from mfcvae import MFCVAE, load_preset
 from mfcvae import train as train_module
 from mfcvae.estimator import resolve_precision
 from mfcvae.serialization import read_safetensors, write_safetensors
-from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE
+from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE, initialise_priors
 
 N_CLUSTERS = (4, 3)
 LATENT_DIMS = (2, 3)
@@ -280,6 +280,20 @@ def test_resume_keeps_the_arithmetic_the_run_started_in(tiny_estimator, X, tmp_p
     assert est.precision_ == "bfloat16" and len(est.history_) == 2
 
 
+def test_refit_at_end_fits_the_trained_encoders_output(tiny_estimator, X):
+    """The same run with and without refit_at_end trains the same networks; the priors differ by
+    exactly one mixture fit to draws from q(z|x), seeded by the run's seed."""
+    plain = tiny_estimator(epochs=3).fit(X)
+    refit = tiny_estimator(epochs=3, refit_at_end=True).fit(X)
+    for name, p in plain.model_.named_parameters():
+        if not name.startswith("priors."):
+            torch.testing.assert_close(refit.model_.get_parameter(name), p, rtol=0, atol=0, msg=name)
+    assert not torch.allclose(refit.model_.priors[1].means, plain.model_.priors[1].means)
+    initialise_priors(plain.model_, torch.as_tensor(X), "gmm", 0, torch.device("cpu"), fit_variances=True, draws=True)
+    for a, b in zip(plain.predict_proba(X), refit.predict_proba(X)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_files_saved_before_reseed_dead_and_weight_floor_existed_keep_how_they_were_trained(
         tiny_estimator, fitted, X, tmp_path):
     """They trained without either; the default reseed_dead=True must not be read into them: a
@@ -288,10 +302,11 @@ def test_files_saved_before_reseed_dead_and_weight_floor_existed_keep_how_they_w
     fitted.save(tmp_path / "model")
     config_file = tmp_path / "model" / "config.json"
     config = json.loads(config_file.read_text())
-    del config["params"]["reseed_dead"], config["params"]["weight_floor"]
+    for name in ("reseed_dead", "weight_floor", "refit_at_end"):
+        del config["params"][name]
     config_file.write_text(json.dumps(config))
     loaded = MFCVAE.load(tmp_path / "model", device="cpu")
-    assert (loaded.reseed_dead, loaded.weight_floor) == (False, 0.0)
+    assert (loaded.reseed_dead, loaded.weight_floor, loaded.refit_at_end) == (False, 0.0, False)
 
     run = tmp_path / "run"
     tiny_estimator(epochs=1, reseed_dead=False).fit(X, run_dir=run)
@@ -333,8 +348,8 @@ def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name
     est = MFCVAE(**load_preset(name))
     assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
     assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
-            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor) == (
-        0, False, False, 0.0, "constant", None, "exact", False, 0.0)
+            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end) == (
+        0, False, False, 0.0, "constant", None, "exact", False, 0.0, False)
 
 
 def test_load_missing_folder_raises_file_not_found(tmp_path):
@@ -441,7 +456,8 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
 
 
 @pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1, init_variances=True,
-                                            lr_schedule="cosine", reseed_dead=True, weight_floor=0.3)],
+                                            lr_schedule="cosine", reseed_dead=True, weight_floor=0.3,
+                                            refit_at_end=True)],
                          ids=["paper", "with-remedies"])
 def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
                                                                        extra):
@@ -577,6 +593,7 @@ BAD_PARAMS = {
     "weight_floor above 1": (dict(weight_floor=1.5), "weight_floor"),
     "weight_floor negative": (dict(weight_floor=-0.1), "weight_floor"),
     "reseed_dead not a bool": (dict(reseed_dead="yes"), "reseed_dead"),
+    "refit_at_end not a bool": (dict(refit_at_end="yes"), "refit_at_end"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
     "precision": (dict(precision="float16"), "precision"),

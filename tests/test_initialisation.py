@@ -39,6 +39,21 @@ def test_gmm_initialisation_copies_the_fitted_mixture(make_model, covariance, fi
             torch.testing.assert_close(prior.log_weights, weights_before)
 
 
+def test_a_fit_to_draws_matches_the_aggregate_posterior(make_model):
+    """With draws=True one cluster's fitted mixture is the aggregate posterior's moments: mean
+    E[m(x)] and, by the law of total variance, variance Var[m(x)] + E[v(x)] (the means alone
+    would give Var[m(x)])."""
+    model = make_model(n_clusters=(1, 1)).eval()
+    x = torch.rand(8000, 3, 4, 4)
+    with torch.no_grad():
+        posteriors = model.encode(x)
+    initialise_priors(model, x, "gmm", seed=0, device=CPU, fit_variances=True, draws=True)
+    for prior, (m, v) in zip(model.priors, posteriors):
+        torch.testing.assert_close(prior.means[0].detach(), m.mean(0), atol=0.05 * v.mean().sqrt().item(), rtol=0)
+        torch.testing.assert_close(prior.log_var[0].exp().detach(), m.var(0) + v.mean(0), rtol=0.08, atol=0)
+        assert torch.all(v.mean(0) > 0.5 * m.var(0))  # so the test tells the two fits apart
+
+
 def test_fitted_variances_leave_fixed_weights_alone(make_model):
     """Weights that are not learned (a buffer) are not the initialisation's to change."""
     model = make_model(learn_weights=False).eval()

@@ -95,6 +95,28 @@ def test_bad_budgets_are_refused_before_training(tiny_estimator, X, value):
         tiny_estimator(max_seconds=value).fit(X)
 
 
+def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X, monkeypatch):
+    """With refit_at_end the loop stops early by what the initial mixture fit cost, so that the
+    fit at the end stays inside max_seconds."""
+    clock = FakeClock(0.01)
+    monkeypatch.setattr(train_module.time, "perf_counter", clock)
+    real_fit = estimator_module.initialise_priors
+
+    def slow_fit(*args, **kwargs):
+        clock.now += 0.5
+        real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "initialise_priors", slow_fit)
+    budgets = {}
+    for refit in (False, True):
+        est = tiny_estimator(epochs=1000, max_seconds=3.0, refit_at_end=refit)
+        start = clock.now
+        est.fit(X)
+        budgets[refit] = (est.history_[-1]["step"], clock.now - start)
+    assert budgets[True][0] < budgets[False][0]
+    assert budgets[True][1] == pytest.approx(3.0, abs=0.1)  # the loop, then the second fit, within the budget
+
+
 def test_cli_max_seconds_reaches_the_estimator(tmp_path, shapes_data, clock):
     x, labels = shapes_data
     np.savez(tmp_path / "data.npz", x=x, **labels)

@@ -146,6 +146,7 @@ class TrainConfig:
     init_variances: bool = False
     pretrain_epochs: int = 0
     refit_on_stage: bool = False
+    refit_at_end: bool = False
     reseed_dead: bool = False
     free_bits: float = 0.0
     max_seconds: float | None = None
@@ -161,6 +162,7 @@ class TrainConfig:
         _check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
+        _check_bool("refit_at_end", self.refit_at_end)
         _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("init_variances", self.init_variances)
         _check_real("fade_fraction", self.fade_fraction)

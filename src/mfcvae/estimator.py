@@ -33,7 +33,7 @@ PREDICT_BATCH = 2048
 RESUMABLE_CHANGES = {"epochs", "verbose", "device"}
 # Parameters added after models and checkpoints were first saved, with the value that describes
 # how a file without them was trained (today's default may differ).
-BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False}
+BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False, "refit_at_end": False}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -140,6 +140,11 @@ class MFCVAE(BaseEstimator):
     pretrain_epochs : epochs of plain-autoencoder warm-up before the mixture initialisation
         (beyond the paper; 0 = the paper's recipe).
     refit_on_stage : re-initialise a facet's mixture when its stage starts (beyond the paper).
+    refit_at_end : after training, fit every facet's mixture afresh to what the trained encoder
+        makes of the data (a Gaussian mixture on one draw from q(z_j|x) per input, at most 20,000;
+        its means, variances and weights). SGD leaves the mixture where the early, poorer
+        embedding put it; a fresh fit finds clusters of the final one (beyond the paper; with
+        ``max_seconds`` the training loop leaves it the time the initial fit took).
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
@@ -193,6 +198,7 @@ class MFCVAE(BaseEstimator):
         init_variances: bool = False,
         pretrain_epochs: int = 0,
         refit_on_stage: bool = False,
+        refit_at_end: bool = False,
         reseed_dead: bool = True,
         free_bits: float = 2.0,
         max_seconds: float | None = None,
@@ -226,6 +232,7 @@ class MFCVAE(BaseEstimator):
         self.init_variances = init_variances
         self.pretrain_epochs = pretrain_epochs
         self.refit_on_stage = refit_on_stage
+        self.refit_at_end = refit_at_end
         self.reseed_dead = reseed_dead
         self.free_bits = free_bits
         self.max_seconds = max_seconds
@@ -278,7 +285,8 @@ class MFCVAE(BaseEstimator):
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
             progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
             fade_fraction=self.fade_fraction, init=self.init, init_variances=self.init_variances,
-            pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage, free_bits=self.free_bits,
+            pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
+            refit_at_end=self.refit_at_end, free_bits=self.free_bits,
             reseed_dead=self.reseed_dead,
             max_seconds=self.max_seconds, seed=self.seed,
         )
@@ -313,17 +321,22 @@ class MFCVAE(BaseEstimator):
                     warnings.simplefilter("ignore", UserWarning)
                 trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose,
                                   metadata=self.get_params(), data_id=data_fingerprint(x), started=started)
+            fit_seconds = 0.0  # how long a mixture fit takes here: kept back for refit_at_end
             if resume:
                 trainer.load_checkpoint(checkpoint)
             else:
                 trainer.pretrain(x, train_cfg.pretrain_epochs)
+                fit_started = time.perf_counter()
                 initialise_priors(model, x, train_cfg.init, train_cfg.seed, device,
                                   fit_variances=train_cfg.init_variances)
+                fit_seconds = time.perf_counter() - fit_started
                 if run_dir is not None:  # a fresh run: forget an older run's logs in the same folder
                     for stale in ("metrics.csv", CHECKPOINT_FILE):
                         (Path(run_dir) / stale).unlink(missing_ok=True)
-            trainer.run(x)
+            trainer.run(x, reserve_seconds=fit_seconds if train_cfg.refit_at_end else 0.0)
             recalibrate_batch_norm(model, x, train_cfg.batch_size, device, train_cfg.seed)
+            if train_cfg.refit_at_end:
+                initialise_priors(model.eval(), x, "gmm", train_cfg.seed, device, fit_variances=True, draws=True)
 
         self.model_, self.input_shape_, self.history_ = model.eval(), tuple(x.shape[1:]), trainer.history
         self.n_features_in_ = int(np.prod(self.input_shape_))

@@ -100,7 +100,7 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 @torch.no_grad()
 def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: int, device: torch.device,
-                      facets: list[int] | None = None, fit_variances: bool = False) -> None:
+                      facets: list[int] | None = None, fit_variances: bool = False, draws: bool = False) -> None:
     """Place each facet's component means among the encoded training data (SPEC section 6).
 
     ``gmm``: the means of a diagonal GaussianMixture fitted to the posterior means of z_j.
@@ -108,14 +108,19 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
     their initial values (0.01, uniform), unless ``fit_variances`` (gmm only): then the
     prior takes the fitted mixture's variances, and its weights where weights are learned,
     so that it matches the scale of the encoded data (which a warm-up makes far wider
-    than 0.01).
+    than 0.01). With ``draws`` the mixture is fitted to one draw z ~ q(z_j|x) per input
+    instead of the means: to the aggregate posterior, whose spread includes the encoder's
+    variances (what ``refit_at_end`` fits a trained model's priors to).
     """
     rng = np.random.default_rng(seed)
     if len(x) > GMM_MAX_POINTS:
         x = x[torch.from_numpy(np.sort(rng.choice(len(x), GMM_MAX_POINTS, replace=False)))]
-    means = map_batches(lambda xb: [m for m, _ in model.encode(xb)], x, 1024, device)
+    posteriors = map_batches(lambda xb: [t for m, v in model.encode(xb) for t in (m, v)], x, 1024, device)
+    noise = torch.Generator().manual_seed(seed)
     for j in range(model.n_facets) if facets is None else facets:
-        prior, z = model.priors[j], means[j]
+        prior, (z, var) = model.priors[j], posteriors[2 * j:2 * j + 2]
+        if draws:
+            z = z + var.sqrt() * torch.randn(z.shape, generator=noise, dtype=z.dtype)
         z = z.double().numpy()
         if method == "gmm":
             gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(z)
@@ -247,16 +252,17 @@ class Trainer:
                 optimizer.step()
 
     # --- the loop ------------------------------------------------------------------
-    def run(self, x: torch.Tensor) -> list[dict]:
-        """Train until ``cfg.epochs`` epochs are done or ``cfg.max_seconds`` is spent; returns the
-        per-epoch history (a run stopped by its deadline ends with a partial epoch).
+    def run(self, x: torch.Tensor, reserve_seconds: float = 0.0) -> list[dict]:
+        """Train until ``cfg.epochs`` epochs are done or ``cfg.max_seconds`` is spent, less
+        ``reserve_seconds`` kept for work after the loop; returns the per-epoch history (a run
+        stopped by its deadline ends with a partial epoch).
 
         Ctrl-C finishes the mini-batch in flight, writes a checkpoint of exactly that point
         (with ``run_dir``) and raises KeyboardInterrupt; a second Ctrl-C stops at once.
         """
         total = self.cfg.epochs * self.steps_per_epoch
         if self.cfg.max_seconds is not None and self.loop_budget is None:  # a fresh run
-            self.loop_budget = self.cfg.max_seconds - (time.perf_counter() - self.created)
+            self.loop_budget = self.cfg.max_seconds - reserve_seconds - (time.perf_counter() - self.created)
             if self.loop_budget <= 0:
                 warnings.warn(f"set-up, warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}; "
                               "training one mini-batch only", stacklevel=3)
