@@ -13,6 +13,7 @@ import yaml
 
 from mfcvae import MFCVAE
 from mfcvae.cli import main
+from mfcvae.serialization import read_safetensors, write_safetensors
 from mfcvae.train import CHECKPOINT_FILE
 
 from test_datasets import write_3dshapes, write_mnist_folder
@@ -63,6 +64,20 @@ def test_resume_continues_with_more_epochs_and_overwrite_starts_over(files):
     assert len((files / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
     assert fit(files, "--overwrite") == 0
     assert len((files / "run" / "metrics.csv").read_text().splitlines()) == 1 + 2
+
+
+def test_resume_of_a_checkpoint_older_than_some_parameters(files):
+    """A checkpoint written before reseed_dead and refit_at_end existed resumes as it was trained
+    (without either), not with today's defaults, which the estimator would refuse as a change."""
+    assert fit(files, "--set", "reseed_dead=false", "--set", "refit_at_end=false") == 0
+    tensors, meta = read_safetensors(files / "run" / CHECKPOINT_FILE)
+    for name in ("reseed_dead", "refit_at_end", "weight_floor"):
+        del meta["estimator"][name]
+    write_safetensors(files / "run" / CHECKPOINT_FILE, tensors, meta)
+    assert main(["fit", "--out", str(files / "run"), "--data", str(files / "data.npz"), "--resume",
+                 "--epochs", "3", "--quiet"]) == 0
+    resumed = MFCVAE.load(files / "run", device="cpu")
+    assert (resumed.reseed_dead, resumed.refit_at_end, len(resumed.history_)) == (False, False, 3)
 
 
 def test_fit_on_the_built_in_data_with_a_preset_and_overrides(tmp_path, capsys):

@@ -283,8 +283,8 @@ def test_resume_keeps_the_arithmetic_the_run_started_in(tiny_estimator, X, tmp_p
 def test_refit_at_end_fits_the_trained_encoders_output(tiny_estimator, X):
     """The same run with and without refit_at_end trains the same networks; the priors differ by
     exactly one mixture fit to draws from q(z|x), seeded by the run's seed."""
-    plain = tiny_estimator(epochs=3).fit(X)
-    refit = tiny_estimator(epochs=3, refit_at_end=True).fit(X)
+    plain = tiny_estimator(epochs=3, refit_at_end=False).fit(X)
+    refit = tiny_estimator(epochs=3).fit(X)  # on by default
     for name, p in plain.model_.named_parameters():
         if not name.startswith("priors."):
             torch.testing.assert_close(refit.model_.get_parameter(name), p, rtol=0, atol=0, msg=name)
@@ -294,11 +294,11 @@ def test_refit_at_end_fits_the_trained_encoders_output(tiny_estimator, X):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_files_saved_before_reseed_dead_and_weight_floor_existed_keep_how_they_were_trained(
+def test_files_saved_before_reseed_dead_weight_floor_and_refit_at_end_existed_keep_how_they_were_trained(
         tiny_estimator, fitted, X, tmp_path):
-    """They trained without either; the default reseed_dead=True must not be read into them: a
-    loaded model reports reseed_dead=False, and resuming such a checkpoint with the defaults is
-    refused, naming the parameter."""
+    """They trained without any of them; the defaults reseed_dead=True and refit_at_end=True must
+    not be read into them: a loaded model reports False for both, and resuming such a checkpoint
+    with the defaults is refused, naming the parameters."""
     fitted.save(tmp_path / "model")
     config_file = tmp_path / "model" / "config.json"
     config = json.loads(config_file.read_text())
@@ -309,13 +309,15 @@ def test_files_saved_before_reseed_dead_and_weight_floor_existed_keep_how_they_w
     assert (loaded.reseed_dead, loaded.weight_floor, loaded.refit_at_end) == (False, 0.0, False)
 
     run = tmp_path / "run"
-    tiny_estimator(epochs=1, reseed_dead=False).fit(X, run_dir=run)
+    tiny_estimator(epochs=1, reseed_dead=False, refit_at_end=False).fit(X, run_dir=run)
     tensors, meta = read_safetensors(run / CHECKPOINT_FILE)
-    del meta["estimator"]["reseed_dead"], meta["estimator"]["weight_floor"]
+    for name in ("reseed_dead", "weight_floor", "refit_at_end"):
+        del meta["estimator"][name]
     write_safetensors(run / CHECKPOINT_FILE, tensors, meta)
-    with pytest.raises(ValueError, match="reseed_dead"):
+    with pytest.raises(ValueError, match=r"\['refit_at_end', 'reseed_dead'\]"):
         tiny_estimator(epochs=2).fit(X, run_dir=run, resume=True)
-    assert len(tiny_estimator(epochs=2, reseed_dead=False).fit(X, run_dir=run, resume=True).history_) == 2
+    resumed = tiny_estimator(epochs=2, reseed_dead=False, refit_at_end=False).fit(X, run_dir=run, resume=True)
+    assert len(resumed.history_) == 2
 
 
 def test_a_model_saved_before_precision_existed_loads_in_float32(fitted, tmp_path, monkeypatch):
@@ -456,9 +458,9 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
 
 
 @pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1, init_variances=True,
-                                            lr_schedule="cosine", reseed_dead=True, weight_floor=0.3,
-                                            refit_at_end=True)],
-                         ids=["paper", "with-remedies"])
+                                            lr_schedule="cosine", reseed_dead=False, weight_floor=0.3,
+                                            refit_at_end=False)],
+                         ids=["defaults", "other-options"])
 def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
                                                                        extra):
     """Ctrl-C writes a checkpoint; resuming with the same parameters finishes the same run. The

@@ -20,19 +20,23 @@ def encoded_means(model, x: torch.Tensor) -> list[np.ndarray]:
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 @pytest.mark.parametrize("fit_variances", [False, True])
 def test_gmm_initialisation_copies_the_fitted_mixture(make_model, covariance, fit_variances):
-    """Means always come from a diagonal GaussianMixture on the encoded posterior means; with
-    fit_variances the covariances (and learned weights) do too, else they keep the paper's values."""
+    """Means come from a GaussianMixture on the encoded posterior means; with fit_variances the
+    covariances (and learned weights) do too, else they keep the paper's values. The mixture is
+    diagonal, except that a full-covariance prior whose covariances are fitted gets a full one."""
     model = make_model(covariance=covariance).eval()
     x = torch.rand(200, 3, 4, 4)
     before = [(p.scale_tril().detach().clone(), p.log_weights.detach().clone()) for p in model.priors]
     initialise_priors(model, x, "gmm", seed=3, device=CPU, fit_variances=fit_variances)
+    full = fit_variances and covariance == "full"
     for prior, z, (scale_before, weights_before) in zip(model.priors, encoded_means(model, x), before):
-        gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=3).fit(z)
+        gmm = GaussianMixture(prior.n_clusters, covariance_type="full" if full else "diag", random_state=3).fit(z)
         np.testing.assert_allclose(prior.means.detach().numpy(), gmm.means_, rtol=1e-5, atol=1e-6)
         L = prior.scale_tril().detach()
         if fit_variances:
-            np.testing.assert_allclose((L @ L.transpose(-1, -2)).numpy(),
-                                       np.stack([np.diag(v) for v in gmm.covariances_]), rtol=1e-4, atol=1e-9)
+            expected = gmm.covariances_ if full else np.stack([np.diag(v) for v in gmm.covariances_])
+            np.testing.assert_allclose((L @ L.transpose(-1, -2)).numpy(), expected, rtol=1e-4, atol=1e-9)
+            if full and prior.dim > 1:
+                assert np.abs(expected[:, 1, 0]).max() > 1e-4  # the fit has correlations for the prior to keep
             np.testing.assert_allclose(prior.log_weights.exp().detach().numpy(), gmm.weights_, rtol=1e-5)
         else:
             torch.testing.assert_close(L, scale_before)

@@ -279,3 +279,13 @@ def test_set_weights_sets_pi():
     weights = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     prior.set_weights(weights)
     torch.testing.assert_close(prior.log_weights.exp(), weights)
+
+
+def test_set_covariances_gives_a_full_prior_those_covariances():
+    prior = random_prior("full")
+    a = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(1))
+    wanted = (a @ a.transpose(-1, -2) + 0.1 * torch.eye(3)).double()
+    prior.set_covariances(wanted)
+    np.testing.assert_allclose(covariances(prior), wanted.numpy(), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="set_variances"):
+        random_prior("diag").set_covariances(wanted)

@@ -157,6 +157,15 @@ class MixturePrior(nn.Module):
             self.chol_offdiag.zero_()
 
     @torch.no_grad()
+    def set_covariances(self, covariances: torch.Tensor) -> None:
+        """Make every component's covariance of a full-covariance prior ``covariances``, shape (K, d, d)."""
+        if self.covariance != "full":
+            raise ValueError("set_covariances is for full covariances; a diagonal prior takes set_variances")
+        scale_tril = torch.linalg.cholesky(covariances.to(self.means))
+        self.chol_diag_raw.copy_(_inverse_softplus(torch.diagonal(scale_tril, dim1=-2, dim2=-1)))
+        self.chol_offdiag.copy_(scale_tril)  # only its strictly lower part is read
+
+    @torch.no_grad()
     def split_component(self, source: int, target: int, mean: torch.Tensor) -> None:
         """Make component ``target`` a copy of ``source`` centred on ``mean`` (shape (d,)), with equal
         weights that together make about ``source``'s (what ``target`` had is spread over all):

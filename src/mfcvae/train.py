@@ -106,9 +106,9 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
     ``gmm``: the means of a diagonal GaussianMixture fitted to the posterior means of z_j.
     ``random``: K_j posterior means of randomly chosen inputs. Variances and weights keep
     their initial values (0.01, uniform), unless ``fit_variances`` (gmm only): then the
-    prior takes the fitted mixture's variances, and its weights where weights are learned,
-    so that it matches the scale of the encoded data (which a warm-up makes far wider
-    than 0.01). With ``draws`` the mixture is fitted to one draw z ~ q(z_j|x) per input
+    prior takes the fitted mixture's covariances (a full-covariance prior from a mixture
+    with full covariances), and its weights where weights are learned, so that it matches
+    the scale of the encoded data (which a warm-up makes far wider than 0.01). With ``draws`` the mixture is fitted to one draw z ~ q(z_j|x) per input
     instead of the means: to the aggregate posterior, whose spread includes the encoder's
     variances (what ``refit_at_end`` fits a trained model's priors to).
     """
@@ -123,10 +123,13 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
             z = z + var.sqrt() * torch.randn(z.shape, generator=noise, dtype=z.dtype)
         z = z.double().numpy()
         if method == "gmm":
-            gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(z)
+            full = fit_variances and prior.covariance == "full"
+            gmm = GaussianMixture(prior.n_clusters, covariance_type="full" if full else "diag",
+                                  random_state=seed).fit(z)
             prior.set_means(torch.from_numpy(gmm.means_))
             if fit_variances:
-                prior.set_variances(torch.from_numpy(gmm.covariances_))
+                set_covariances = prior.set_covariances if full else prior.set_variances
+                set_covariances(torch.from_numpy(gmm.covariances_))
                 if isinstance(prior.logits, nn.Parameter):
                     prior.set_weights(torch.from_numpy(gmm.weights_))
         else:
