@@ -142,12 +142,13 @@ class MFCVAE(BaseEstimator):
         (beyond the paper; 0 = the paper's recipe).
     refit_on_stage : re-initialise a facet's mixture when its stage starts (beyond the paper).
     refit_at_end : after training, fit every facet's mixture afresh to what the trained encoder
-        makes of the data (a Gaussian mixture on one draw from q(z_j|x) per input, at most 20,000;
-        its means, variances and, where weights are learned, weights). SGD leaves the mixture where the early, poorer
-        embedding put it; a fresh fit finds clusters of the final one (beyond the paper; on by
-        default; with ``max_seconds`` the training loop leaves it the time the initial mixture
-        fit took, which is little with ``init="random"``). ``history_`` ends before it, so
-        ``score`` after ``fit`` differs a little from the last epoch's ELBO.
+        makes of the data (a Gaussian mixture on one draw from q(z_j|x) per input, at most
+        20,000; its means, covariances and, where weights are learned, weights). SGD leaves the
+        mixture where the early, poorer embedding put it; a fresh fit finds clusters of the
+        final one (beyond the paper; on by default; with ``max_seconds`` the training loop
+        leaves it the time the initial mixture fit took, which is little with
+        ``init="random"``). ``history_`` ends before it, so ``score`` after ``fit`` differs a
+        little from the last epoch's ELBO.
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by

@@ -108,9 +108,11 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
     their initial values (0.01, uniform), unless ``fit_variances`` (gmm only): then the
     prior takes the fitted mixture's covariances (a full-covariance prior from a mixture
     with full covariances), and its weights where weights are learned, so that it matches
-    the scale of the encoded data (which a warm-up makes far wider than 0.01). With ``draws`` the mixture is fitted to one draw z ~ q(z_j|x) per input
-    instead of the means: to the aggregate posterior, whose spread includes the encoder's
-    variances (what ``refit_at_end`` fits a trained model's priors to).
+    the scale of the encoded data (which a warm-up makes far wider than 0.01).
+
+    With ``draws`` the mixture is fitted to one draw z ~ q(z_j|x) per input instead of the
+    means: to the aggregate posterior, whose spread includes the encoder's variances (what
+    ``refit_at_end`` fits a trained model's priors to).
     """
     rng = np.random.default_rng(seed)
     if len(x) > GMM_MAX_POINTS:
@@ -267,8 +269,9 @@ class Trainer:
         if self.cfg.max_seconds is not None and self.loop_budget is None:  # a fresh run
             self.loop_budget = self.cfg.max_seconds - reserve_seconds - (time.perf_counter() - self.created)
             if self.loop_budget <= 0:
-                warnings.warn(f"set-up, warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}; "
-                              "training one mini-batch only", stacklevel=3)
+                kept = f" less {reserve_seconds:.1f} s kept for refit_at_end" if reserve_seconds > 0 else ""
+                warnings.warn(f"set-up, warm-up and initialisation took the whole max_seconds={self.cfg.max_seconds}"
+                              f"{kept}; training one mini-batch only", stacklevel=3)
         self._clock = (self.elapsed, time.perf_counter())
         # The bar follows the position, so that under a time budget it fills with the time spent.
         bar = tqdm(total=total, initial=self.position, disable=not self.verbose, unit="batch", dynamic_ncols=True)
