@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from mfcvae.datasets import load
+from mfcvae.metrics import many_to_one_accuracy
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import budget  # noqa: E402
+import refit_starts  # noqa: E402
 
 
 def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsys):
@@ -96,3 +98,23 @@ def test_summary_keeps_machines_apart():
     assert len(table) == 2
     assert table[0].endswith("| 3 | 59 | AMD EPYC, 2 threads |")
     assert table[1].endswith("| 7 | 59 | Intel Xeon, 2 threads |")
+
+
+def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, monkeypatch, capsys, tiny_estimator):
+    """Each fit seed refits the best facet as refit_at_end does; the first seed's row is what a fresh
+    fit with refit_at_end and that seed would give the facet (fit seed 0 = run seed 0)."""
+    data = budget.load_data("demo", None)
+    plain = tiny_estimator(epochs=1, refit_at_end=False).fit(data)
+    plain.save(tmp_path / "model")
+    monkeypatch.setattr(refit_starts, "RESULTS", tmp_path / "refit_starts.csv")
+    monkeypatch.setattr(sys, "argv", ["refit_starts.py", str(tmp_path / "model"), "--data", "demo",
+                                      "--label", "shape", "--fits", "2"])
+    refit_starts.main()
+    with (tmp_path / "refit_starts.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fit_seed"] for r in rows] == ["0", "1"]
+    assert "as saved" in capsys.readouterr().out
+    refit = tiny_estimator(epochs=1).fit(data)
+    facet = int(rows[0]["facet"])
+    accuracy = many_to_one_accuracy(data.labels["shape"], refit.predict(data)[:, facet])
+    assert float(rows[0]["accuracy"]) == pytest.approx(accuracy, abs=1e-4)

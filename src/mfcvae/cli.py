@@ -26,7 +26,7 @@ import yaml
 from .config import list_presets, preset_path, read_config, yaml_load
 from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load_image_folder, load_mnist, load_svhn,
                        make_shapes, reader_for, reader_options)
-from .estimator import BEFORE_THEY_EXISTED, MFCVAE
+from .estimator import MFCVAE, as_trained
 from .metrics import format_table
 from .train import CHECKPOINT_FILE, read_checkpoint_metadata
 
@@ -113,8 +113,7 @@ def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
         checkpoint = Path(args.out) / CHECKPOINT_FILE
         if not checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
-        # a checkpoint older than some parameters was trained without them, whatever today's defaults
-        params, data_options = {**BEFORE_THEY_EXISTED, **read_checkpoint_metadata(checkpoint)}, {}
+        params, data_options = as_trained(read_checkpoint_metadata(checkpoint)), {}
     else:
         params, data_options = read_config(args.config if args.config else preset_path(args.preset or "demo"))
     overrides = dict(parse_assignment(s) for s in args.set)

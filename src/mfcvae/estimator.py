@@ -36,6 +36,12 @@ RESUMABLE_CHANGES = {"epochs", "verbose", "device"}
 BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False, "refit_at_end": False}
 
 
+def as_trained(saved_params: dict) -> dict:
+    """The estimator parameters stored in a saved model or checkpoint, with those the file predates
+    filled in as it was trained (today's defaults may differ): the one place files are read so."""
+    return {**BEFORE_THEY_EXISTED, **saved_params}
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU; anything else must name a usable device."""
     if device == "auto":
@@ -354,7 +360,7 @@ class MFCVAE(BaseEstimator):
         if not checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
         meta = read_safetensors(checkpoint)[1]
-        saved, mine = {**BEFORE_THEY_EXISTED, **meta["estimator"]}, self.get_params()
+        saved, mine = as_trained(meta["estimator"]), self.get_params()
         changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and _jsonable(saved[k]) != _jsonable(mine.get(k)))
         if changed:
             raise ValueError(f"cannot resume {checkpoint}: these parameters differ from the checkpoint's: {changed}")
@@ -482,7 +488,7 @@ class MFCVAE(BaseEstimator):
         state, config = read_model_dir(Path(path))
         if config.get("format") != "mfcvae":
             raise ValueError(f"{Path(path) / CONFIG_FILE} is not an mfcvae model config")
-        est = cls(**{**BEFORE_THEY_EXISTED, **config["params"], "device": device})
+        est = cls(**{**as_trained(config["params"]), "device": device})
         model = MultiFacetVAE(est._model_config(tuple(config["input_shape"]), trained_precision(config, config["params"])))
         model.load_state_dict(state)
         est.model_ = model.to(resolve_device(device)).eval()
