@@ -7,7 +7,8 @@ and the ELBO per example
 (``score``), the model's own, unsupervised judgement of the fit. Rows go to
 benchmarks/results/refit_starts.csv; a summary per model is printed.
 
-    python benchmarks/refit_starts.py runs/budget/fashion-70000-*-600.0-seed* --fits 10
+    python benchmarks/refit_starts.py runs/budget/fashion-70000-*-600.0-seed* --fits 10 \
+        --machine-note "host of 2026-11-26"
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def main() -> None:
                         help="the data the models were trained on")
     parser.add_argument("--label", default="label")
     parser.add_argument("--fits", type=int, default=10, help="fit seeds 0 .. fits-1 per model")
+    parser.add_argument("--machine-note", metavar="TEXT", help="appended to the machine column, as in budget.py "
+                        "(models of the same name from different runs stay apart)")
     args = parser.parse_args()
     data = load_data(args.data, None)
     y = data.labels[args.label]
-    rows = []
+    rows, where = [], machine() + (f", {args.machine_note}" if args.machine_note else "")
     for path in args.models:
         est = MFCVAE.load(path, device="cpu")
         saved = {k: v.clone() for k, v in est.model_.state_dict().items()}
@@ -52,7 +55,7 @@ def main() -> None:
                               fit_variances=True, draws=True)  # every facet, as refit_at_end does
             fits.append((seed, many_to_one_accuracy(y, est.predict(data)[:, facet]), est.score(data)))
         rows += [{"model": path.name, "facet": facet, "fit_seed": s, "accuracy": round(a, 4), "elbo": round(e, 3),
-                  "machine": machine()} for s, a, e in fits]
+                  "machine": where} for s, a, e in fits]
         accuracies = [a for _, a, _ in fits]
         best_elbo = max(fits, key=lambda fit: fit[2])
         print(f"{path.name} facet {facet}: as saved {as_saved:.3f}; {len(fits)} fresh fits "

@@ -108,11 +108,12 @@ def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, mo
     plain.save(tmp_path / "model")
     monkeypatch.setattr(refit_starts, "RESULTS", tmp_path / "refit_starts.csv")
     monkeypatch.setattr(sys, "argv", ["refit_starts.py", str(tmp_path / "model"), "--data", "demo",
-                                      "--label", "shape", "--fits", "2"])
+                                      "--label", "shape", "--fits", "2", "--machine-note", "day 1"])
     refit_starts.main()
     with (tmp_path / "refit_starts.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["fit_seed"] for r in rows] == ["0", "1"]
+    assert all(r["machine"].endswith(", day 1") for r in rows)
     assert "as saved" in capsys.readouterr().out
     refit = tiny_estimator(epochs=1).fit(data)
     facet = int(rows[0]["facet"])

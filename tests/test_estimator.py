@@ -16,6 +16,7 @@ from sklearn.exceptions import NotFittedError
 from mfcvae import MFCVAE, load_preset
 from mfcvae import train as train_module
 from mfcvae.estimator import resolve_precision
+from mfcvae.model import MultiFacetVAE
 from mfcvae.serialization import read_safetensors, write_safetensors
 from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE, initialise_priors
 
@@ -392,6 +393,27 @@ def test_run_dir_holds_metrics_checkpoint_and_model(tiny_estimator, X, tmp_path)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert (tmp_path / CHECKPOINT_FILE).is_file()
     np.testing.assert_array_equal(MFCVAE.load(tmp_path, device="cpu").predict(X), est.predict(X))
+
+
+def test_a_loss_that_stops_being_finite_stops_the_run_and_the_last_checkpoint_is_kept(tiny_estimator, X, tmp_path,
+                                                                                     monkeypatch):
+    """A non-finite loss stops training before the optimiser takes that step; the error names
+    where, and the checkpoint of the last finished epoch is left as it was."""
+    original, calls = MultiFacetVAE.elbo_terms, []
+
+    def turns_nan_at_step_8(self, x, alphas=None):
+        terms = original(self, x, alphas)
+        calls.append(1)
+        if len(calls) >= 8:  # 300 inputs in mini-batches of 64: the 3rd of 5 in epoch 2
+            terms.reconstruction = terms.reconstruction * float("nan")
+        return terms
+
+    monkeypatch.setattr(MultiFacetVAE, "elbo_terms", turns_nan_at_step_8)
+    with pytest.raises(FloatingPointError, match="loss became nan at epoch 2, step 7"):
+        tiny_estimator(epochs=3).fit(X, run_dir=tmp_path)
+    tensors, meta = read_safetensors(tmp_path / CHECKPOINT_FILE)
+    assert meta["epoch"] == 1 and meta["step"] == 5
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
 
 
 def test_fresh_fit_in_an_old_run_dir_forgets_the_old_logs(tiny_estimator, X, tmp_path):
