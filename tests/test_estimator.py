@@ -399,7 +399,7 @@ def test_a_loss_that_stops_being_finite_stops_the_run_and_the_last_checkpoint_is
                                                                                      monkeypatch):
     """A non-finite loss stops training before the optimiser takes that step; the error names
     where, and the checkpoint of the last finished epoch is left as it was."""
-    original, calls = MultiFacetVAE.elbo_terms, []
+    original, calls, adam_step, steps = MultiFacetVAE.elbo_terms, [], torch.optim.Adam.step, []
 
     def turns_nan_at_step_8(self, x, alphas=None):
         terms = original(self, x, alphas)
@@ -408,9 +408,15 @@ def test_a_loss_that_stops_being_finite_stops_the_run_and_the_last_checkpoint_is
             terms.reconstruction = terms.reconstruction * float("nan")
         return terms
 
+    def counted_step(self, *args, **kwargs):
+        steps.append(1)
+        return adam_step(self, *args, **kwargs)
+
     monkeypatch.setattr(MultiFacetVAE, "elbo_terms", turns_nan_at_step_8)
+    monkeypatch.setattr(torch.optim.Adam, "step", counted_step)
     with pytest.raises(FloatingPointError, match="loss became nan at epoch 2, step 7"):
         tiny_estimator(epochs=3).fit(X, run_dir=tmp_path)
+    assert len(steps) == 7  # the 8th, with the NaN loss, was not taken
     tensors, meta = read_safetensors(tmp_path / CHECKPOINT_FILE)
     assert meta["epoch"] == 1 and meta["step"] == 5
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))

@@ -61,6 +61,22 @@ def test_adam_state_round_trips_through_a_safetensors_file(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
+def test_adam_state_saved_unfused_continues_in_a_fused_adam():
+    """A checkpoint written before training used the fused kernel (its groups say fused: None)
+    keeps its moments and step count, and goes on with the kernel the new optimiser asks for."""
+    net, opt = trained_adam()
+    tensors, meta = optimizer_to_tensors(opt)
+    assert meta["param_groups"][0]["fused"] is None
+    fused = torch.optim.Adam(net.parameters(), lr=0.5, fused=True)
+    optimizer_from_tensors(fused, tensors, meta)
+    assert fused.param_groups[0]["fused"] is True and fused.param_groups[0]["lr"] == pytest.approx(1e-2)
+    assert float(fused.state_dict()["state"][0]["step"]) == 3
+    torch.testing.assert_close(fused.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    net(torch.randn(8, 4)).pow(2).mean().backward()
+    fused.step()
+    assert float(fused.state_dict()["state"][0]["step"]) == 4
+
+
 def test_safetensors_round_trip_keeps_tensors_and_nested_metadata(tmp_path):
     tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b.c": torch.tensor([1, 2], dtype=torch.int64),
                "scalar": torch.tensor(3.5)}

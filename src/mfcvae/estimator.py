@@ -62,7 +62,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     Measured (benchmarks/budget.py): on such a CPU bfloat16 fits 2.4x the epochs in a time budget;
     emulated it would be slower. On a GPU (an H200) the networks are too small for bfloat16 to pay:
-    autocast's extra casts made an epoch slower (46 against 57 epochs a minute), so a GPU gets float32.
+    autocast's extra casts made an epoch slower (46 against 57 epochs a minute, measured before
+    training used Adam's fused kernel), so a GPU gets float32.
     """
     if precision not in ("auto", *PRECISIONS):
         raise ValueError(f"precision must be one of {('auto', *PRECISIONS)}, got {precision!r}")

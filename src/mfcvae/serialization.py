@@ -114,4 +114,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # The update's implementation is today's (an older checkpoint's groups say fused: None), the
+    # hyper-parameters and the state are the checkpoint's.
+    groups = [{**saved, **{key: mine[key] for key in ("fused", "foreach") if key in mine}}
+              for saved, mine in zip(meta["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -92,8 +92,8 @@ def map_batches(fn: Callable[[torch.Tensor], list[torch.Tensor]], x: torch.Tenso
 def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
     """Adam with its fused kernel (CPU and CUDA): the same update as the default multi-tensor
     one in one pass over the weights instead of several, which on a CPU is a large part of a
-    step for the paper's 3-million-weight MLP (ten minutes on the 2-core host: 112 epochs
-    instead of 92; benchmarks/results/budget.csv)."""
+    step for the paper's 3-million-weight MLP (ten minutes on the 2-core host: 112-116 epochs
+    instead of 91-93; benchmarks/results/budget.csv)."""
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
