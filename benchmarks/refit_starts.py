@@ -45,20 +45,20 @@ def main() -> None:
     rows, where = [], machine() + (f", {args.machine_note}" if args.machine_note else "")
     for path in args.models:
         est = MFCVAE.load(path, device="cpu")
-        saved = {k: v.clone() for k, v in est.model_.state_dict().items()}
-        facet = int(np.argmax([many_to_one_accuracy(y, p) for p in est.predict(data).T]))
-        as_saved = many_to_one_accuracy(y, est.predict(data)[:, facet])
+        saved, x = {k: v.clone() for k, v in est.model_.state_dict().items()}, est._inputs(data)
+        as_saved = [many_to_one_accuracy(y, p) for p in est.predict(x).T]
+        facet = int(np.argmax(as_saved))
         fits = []
         for seed in range(args.fits):
             est.model_.load_state_dict(saved)
-            initialise_priors(est.model_, est._inputs(data), "gmm", seed, torch.device("cpu"),
+            initialise_priors(est.model_, x, "gmm", seed, torch.device("cpu"),
                               fit_variances=True, draws=True)  # every facet, as refit_at_end does
             fits.append((seed, many_to_one_accuracy(y, est.predict(data)[:, facet]), est.score(data)))
         rows += [{"model": path.name, "facet": facet, "fit_seed": s, "accuracy": round(a, 4), "elbo": round(e, 3),
                   "machine": where} for s, a, e in fits]
         accuracies = [a for _, a, _ in fits]
         best_elbo = max(fits, key=lambda fit: fit[2])
-        print(f"{path.name} facet {facet}: as saved {as_saved:.3f}; {len(fits)} fresh fits "
+        print(f"{path.name} facet {facet}: as saved {as_saved[facet]:.3f}; {len(fits)} fresh fits "
               f"{min(accuracies):.3f}-{max(accuracies):.3f}, mean {np.mean(accuracies):.3f}; "
               f"the fit with the highest ELBO: {best_elbo[1]:.3f}")
     new = not RESULTS.exists()
