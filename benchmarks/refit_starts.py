@@ -53,7 +53,7 @@ def main() -> None:
             est.model_.load_state_dict(saved)
             initialise_priors(est.model_, x, "gmm", seed, torch.device("cpu"),
                               fit_variances=True, draws=True)  # every facet, as refit_at_end does
-            fits.append((seed, many_to_one_accuracy(y, est.predict(data)[:, facet]), est.score(data)))
+            fits.append((seed, many_to_one_accuracy(y, est.predict(x)[:, facet]), est.score(x)))
         rows += [{"model": path.name, "facet": facet, "fit_seed": s, "accuracy": round(a, 4), "elbo": round(e, 3),
                   "machine": where} for s, a, e in fits]
         accuracies = [a for _, a, _ in fits]
