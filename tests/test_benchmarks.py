@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mfcvae.metrics import many_to_one_accuracy
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import budget  # noqa: E402
+import demo_and_fashion  # noqa: E402
 import refit_starts  # noqa: E402
 
 
@@ -119,3 +121,19 @@ def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, mo
     facet = int(rows[0]["facet"])
     accuracy = many_to_one_accuracy(data.labels["shape"], refit.predict(data)[:, facet])
     assert float(rows[0]["accuracy"]) == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_demo_table_shows_the_latest_run_per_data_set_seed_and_epochs(tmp_path, monkeypatch, capsys):
+    def result(seed: int, seconds: float, epochs: int = 30) -> dict:
+        return {"dataset": "demo shapes", "seed": seed, "epochs": epochs, "train_seconds": seconds,
+                "params": {"epochs": epochs, "n_clusters": [8, 4]},
+                "best": {"shape": {"facet": 0, "accuracy": 1.0, "nmi": 0.8}}, "kmeans": []}
+
+    stored = [result(0, 20.0), result(1, 21.0), result(0, 12.0), result(0, 30.0, epochs=60)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in stored))
+    monkeypatch.setattr(demo_and_fashion, "RESULTS", results)
+    monkeypatch.setattr(sys, "argv", ["demo_and_fashion.py", "--table"])
+    demo_and_fashion.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| demo shapes")]
+    assert [row.split(" | ")[1:4] for row in rows] == [["0", "30", "12 s"], ["1", "30", "21 s"], ["0", "60", "30 s"]]
