@@ -10,9 +10,9 @@ appended to benchmarks/results/demo_and_fashion.jsonl and printed as a markdown 
     python benchmarks/demo_and_fashion.py --only fashion --fashion-epochs 20
     python benchmarks/demo_and_fashion.py --table              # the table of the stored results
 
-A rerun of the same data set, seed and epochs replaces the older row in ``--table`` (the file
-keeps every run), so refreshing a timing does not grow the table. The settings themselves come
-from the presets, the same for every run of a data set.
+A rerun of the same data set, seed and epochs replaces the older row in ``--table``, also when
+a preset changed in between (the file keeps every run), so the table shows what the presets
+give today and refreshing it does not make it grow.
 """
 
 from __future__ import annotations

@@ -126,7 +126,6 @@ def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, mo
 def test_demo_table_shows_the_latest_run_per_data_set_seed_and_epochs(tmp_path, monkeypatch, capsys):
     def result(seed: int, seconds: float, epochs: int = 30) -> dict:
         return {"dataset": "demo shapes", "seed": seed, "epochs": epochs, "train_seconds": seconds,
-                "params": {"epochs": epochs, "n_clusters": [8, 4]},
                 "best": {"shape": {"facet": 0, "accuracy": 1.0, "nmi": 0.8}}, "kmeans": []}
 
     stored = [result(0, 20.0), result(1, 21.0), result(0, 12.0), result(0, 30.0, epochs=60)]
