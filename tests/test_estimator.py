@@ -627,6 +627,7 @@ BAD_PARAMS = {
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
     "precision": (dict(precision="float16"), "precision"),
+    "compile": (dict(compile="yes"), "compile"),
 }
 
 

@@ -132,6 +132,7 @@ class TrainConfig:
     ``fade_steps`` give them in absolute epochs / mini-batches, as the paper's presets do.
     With ``max_seconds`` the run is a wall-clock budget: the schedule is laid over the time
     instead of the mini-batches, and the run ends at the deadline or after ``epochs``.
+    ``compile``: train with the loss compiled by torch.compile (the estimator settles "auto").
     """
 
     epochs: int
@@ -151,6 +152,7 @@ class TrainConfig:
     free_bits: float = 0.0
     max_seconds: float | None = None
     seed: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_positive_ints("epochs", (self.epochs,))
@@ -165,6 +167,7 @@ class TrainConfig:
         _check_bool("refit_at_end", self.refit_at_end)
         _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("init_variances", self.init_variances)
+        _check_bool("compile", self.compile)
         _check_real("fade_fraction", self.fade_fraction)
         _check_real("free_bits", self.free_bits)
         if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):

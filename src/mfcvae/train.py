@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .model import ELBOTerms, MultiFacetVAE
+from .model import MultiFacetVAE
 from .schedule import ProgressiveSchedule
 from .serialization import optimizer_from_tensors, optimizer_to_tensors, read_safetensors, write_safetensors
 
@@ -87,6 +87,25 @@ def map_batches(fn: Callable[[torch.Tensor], list[torch.Tensor]], x: torch.Tenso
     """Apply ``fn`` (returning a list of tensors) batch-wise and concatenate each output on the CPU."""
     outputs = [[t.cpu() for t in fn(xb)] for xb in iterate_batches(x, batch_size, device)]
     return [torch.cat(parts) for parts in zip(*outputs)]
+
+
+FACET_SUMS = ("log_p_z", "log_p_c", "log_q_z", "log_q_c", "kl")  # per facet, after loss, elbo, reconstruction
+
+
+def sum_names(n_facets: int) -> list[str]:
+    """The names of ``batch_loss``'s sums, in its order (the per-epoch metrics' columns)."""
+    return ["loss", "elbo", "reconstruction"] + [f"{name}_{j}" for name in FACET_SUMS for j in range(n_facets)]
+
+
+def batch_loss(model: MultiFacetVAE, xb: torch.Tensor, weights: torch.Tensor,
+               free_bits: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One mini-batch's training loss, and its ELBO terms summed over the batch in one vector
+    (``sum_names`` order, no gradient): a step reads the device once, not once per term."""
+    terms = model.elbo_terms(xb, alphas=weights)
+    loss = -terms.elbo(gammas=weights, free_bits=free_bits).mean()
+    totals = torch.stack([loss * len(xb), terms.elbo().sum(), terms.reconstruction.sum()])
+    per_facet = (terms.log_p_z, terms.log_p_c, terms.log_q_z, terms.log_q_c, terms.kl())  # FACET_SUMS
+    return loss, torch.cat([totals, *(term.sum(0) for term in per_facet)]).detach()
 
 
 def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
@@ -228,6 +247,12 @@ class Trainer:
         self.steps_per_epoch = len(batch_bounds(n_samples, cfg.batch_size))
         self.schedule = ProgressiveSchedule.from_config(cfg, model.n_facets, self.steps_per_epoch)
         self.optimizer = adam(model, cfg.lr)
+        self._sum_names = sum_names(model.n_facets)
+        # cfg.compile: the loss compiled, with CUDA graphs on a GPU (mode "reduce-overhead"): one
+        # launch for what is otherwise hundreds of small kernels per step (benchmarks/budget.py)
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        self._compiled_loss = torch.compile(batch_loss, mode=mode) if cfg.compile else None
+        self._compile_pending = cfg.compile  # the first compiled step compiles: seconds with no progress
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step, self.history = 0, 0, []
         self.progress: EpochProgress | None = None  # set while an epoch is under way
@@ -358,27 +383,31 @@ class Trainer:
         if self.progress is None:
             self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle), reseeded=self._reseed_dead(x))
         progress, start = self.progress, time.perf_counter()
+        if self._compile_pending:
+            bar.set_postfix_str("compiling the loss")  # replaced by the ELBO after the first step
+            self._compile_pending = False
         for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
             batch_idx = progress.order[lo:hi]
             position = self.position
             self._refit_starting_facets(x, position)
             self.model.train()
             xb = to_model_input(x[batch_idx], self.device)
-            weights = self.schedule.weights(position).to(self.device)
-            terms = self.model.elbo_terms(xb, alphas=weights)
-            loss = -terms.elbo(gammas=weights, free_bits=self.cfg.free_bits).mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
-                    "try a smaller lr or check the inputs"
-                )
+            loss, sums = self._batch_loss(xb, self.schedule.weights(position).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            batch_sums = sums.tolist()  # read once backward is queued: the device works meanwhile
+            if not math.isfinite(batch_sums[0]):
+                raise FloatingPointError(
+                    f"the loss became {batch_sums[0] / len(xb)} at epoch {self.epoch + 1}, step {self.step}; "
+                    "try a smaller lr or check the inputs"
+                )
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.cfg, position, self.cfg.epochs * self.steps_per_epoch)
             self.optimizer.step()
             self.step, progress.done = self.step + 1, progress.done + 1
-            _accumulate(progress.sums, terms, loss, len(xb))
+            for name, value in zip(self._sum_names, batch_sums, strict=True):
+                progress.sums[name] = progress.sums.get(name, 0.0) + value
+            progress.sums["n"] = progress.sums.get("n", 0) + len(xb)
             bar.update(self.position - bar.n)
             if progress.done % 10 == 1:
                 sums, n = progress.sums, progress.sums["n"]
@@ -397,6 +426,14 @@ class Trainer:
             row[f"weight_{j}"] = w
         self.progress = None
         return row
+
+    def _batch_loss(self, xb: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``batch_loss``, compiled for full mini-batches when cfg.compile: an epoch's shorter last
+        one runs eagerly rather than compile (and capture) a second graph for its shape."""
+        if self._compiled_loss is not None and len(xb) == self.cfg.batch_size:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are spent
+            return self._compiled_loss(self.model, xb, weights, self.cfg.free_bits)
+        return batch_loss(self.model, xb, weights, self.cfg.free_bits)
 
     def _refit_starting_facets(self, x: torch.Tensor, position: int) -> None:
         """With ``refit_on_stage``: re-initialise the mixture of a facet whose stage starts at this
@@ -511,19 +548,3 @@ class Trainer:
 def read_checkpoint_metadata(path: str | Path) -> dict:
     """The estimator parameters stored in a checkpoint (to rebuild the estimator on resume)."""
     return read_safetensors(Path(path))[1]["estimator"]
-
-
-def _accumulate(sums: dict[str, float], terms: ELBOTerms, loss: torch.Tensor, n: int) -> None:
-    """Add one batch's (size-weighted) ELBO terms to the epoch's running sums."""
-    with torch.no_grad():
-        values = {"loss": loss.item() * n, "elbo": terms.elbo().sum().item(),
-                  "reconstruction": terms.reconstruction.sum().item()}
-        kl = terms.kl().sum(0)
-        for name in ("log_p_z", "log_p_c", "log_q_z", "log_q_c"):
-            for j, v in enumerate(getattr(terms, name).sum(0).tolist()):
-                values[f"{name}_{j}"] = v
-        for j, v in enumerate(kl.tolist()):
-            values[f"kl_{j}"] = v
-    for key, value in values.items():
-        sums[key] = sums.get(key, 0.0) + value
-    sums["n"] = sums.get("n", 0) + n
