@@ -44,6 +44,16 @@ def test_fit_returns_self_and_records_history(tiny_estimator, X):
     assert 0 < est.history_[0]["seconds"] < 60 and est.history_[0]["epoch"] == 1
 
 
+def test_history_terms_add_up(tiny_estimator, X):
+    """Each epoch's ELBO terms are the ones named: ELBO = reconstruction - sum_j KL_j, and
+    KL_j = E[log q(z_j|x)] + E[log q(c_j|x)] - E[log p(z_j|c_j)] - E[log p(c_j)]."""
+    row = tiny_estimator(epochs=1, free_bits=0.0).fit(X).history_[0]
+    kls = [row[f"log_q_z_{j}"] + row[f"log_q_c_{j}"] - row[f"log_p_z_{j}"] - row[f"log_p_c_{j}"] for j in (0, 1)]
+    np.testing.assert_allclose([row["kl_0"], row["kl_1"]], kls, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(row["elbo"], row["reconstruction"] - row["kl_0"] - row["kl_1"], rtol=1e-5)
+    assert row["kl_0"] > 0 and row["kl_1"] > 0 and row["reconstruction"] < 0
+
+
 def test_predict_gives_one_cluster_id_per_facet(fitted, X):
     labels = fitted.predict(X)
     assert labels.shape == (len(X), 2)

@@ -132,7 +132,8 @@ class TrainConfig:
     ``fade_steps`` give them in absolute epochs / mini-batches, as the paper's presets do.
     With ``max_seconds`` the run is a wall-clock budget: the schedule is laid over the time
     instead of the mini-batches, and the run ends at the deadline or after ``epochs``.
-    ``compile``: train with the loss compiled by torch.compile (the estimator settles "auto").
+    ``compile``: train with the loss compiled by torch.compile: True, False or "auto" (the
+    trainer decides, from the device and the run's length; see ``train.compile_mode``).
     """
 
     epochs: int
@@ -152,7 +153,7 @@ class TrainConfig:
     free_bits: float = 0.0
     max_seconds: float | None = None
     seed: int = 0
-    compile: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         _check_positive_ints("epochs", (self.epochs,))
@@ -167,7 +168,8 @@ class TrainConfig:
         _check_bool("refit_at_end", self.refit_at_end)
         _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("init_variances", self.init_variances)
-        _check_bool("compile", self.compile)
+        if self.compile != "auto" and (isinstance(self.compile, str) or self.compile not in (True, False)):
+            raise ValueError(f"compile must be true, false or 'auto', got {self.compile!r}")
         _check_real("fade_fraction", self.fade_fraction)
         _check_real("free_bits", self.free_bits)
         if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):

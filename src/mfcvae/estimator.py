@@ -8,7 +8,6 @@ nothing of layer shapes (model.py) or of command lines (cli.py).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import time
 import warnings
 from collections.abc import Iterator
@@ -75,23 +74,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     # torch.cpu's feature probes are private; a torch without them gets float32
     probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return "bfloat16" if any(probe() for probe in probes if probe is not None) else "float32"
-
-
-def resolve_compile(compile: bool | str, device: torch.device) -> bool:
-    """'auto' -> True on a GPU that torch.compile's Triton back-end serves (installed, compute
-    capability 7.0 or later), else False.
-
-    Measured (benchmarks/budget.py, Fashion-MNIST, one minute): on an H200 the default network
-    fits 16-36 epochs compiled, with CUDA graphs, against 8-9 eager (3 seeds), eager training
-    there being bound by the launches of hundreds of small kernels per step. On a CPU the step
-    is bound by its matrix products, and compiling only costs time, so a CPU trains eagerly.
-    """
-    if compile not in ("auto", True, False):
-        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
-    if compile != "auto":
-        return bool(compile)
-    return (device.type == "cuda" and importlib.util.find_spec("triton") is not None
-            and torch.cuda.get_device_capability(device) >= (7, 0))
 
 
 def trained_precision(record: dict, params: dict) -> str:
@@ -188,11 +170,13 @@ class MFCVAE(BaseEstimator):
         Timed runs are not reproducible to the bit: where stages switch depends on the machine.
     seed : same seed, same data, same machine -> same clusters.
     device : "auto" (CUDA if present, else CPU), "cpu" or "cuda[:i]".
-    compile : compile the training loss with ``torch.compile`` (on a GPU with CUDA graphs: a
-        step becomes one launch instead of hundreds; 3.6x the steps per second on an H200).
-        "auto" (default): on a GPU that has Triton, not on a CPU, where it was no faster. The
-        first step compiles (seconds; it counts against ``max_seconds``). Results match eager
-        training in distribution, not bit for bit (compiled code draws other random numbers).
+    compile : train with the loss compiled by ``torch.compile``, on a GPU with CUDA graphs
+        (a step's forward and backward pass replayed as two graphs instead of hundreds of small
+        kernel launches). "auto" (default): on a GPU that Triton serves, for runs long enough
+        to repay the compile (tens of seconds on first use, counted against ``max_seconds``),
+        and falling back to eager training, with a warning, where compiling fails; never on a
+        CPU, where it was no faster (benchmarks/budget.py). Compiled training draws other
+        random numbers, so it matches eager training in distribution, not bit for bit.
     verbose : show a progress bar while training.
 
     Attributes (after fit)
@@ -315,7 +299,7 @@ class MFCVAE(BaseEstimator):
             return self.architecture
         return "conv" if input_shape[:1] == (3,) and conv_ladder_fits(input_shape, n_facets) else "mlp"
 
-    def _train_config(self, device: torch.device) -> TrainConfig:
+    def _train_config(self) -> TrainConfig:
         stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
@@ -324,7 +308,7 @@ class MFCVAE(BaseEstimator):
             pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
             refit_at_end=self.refit_at_end, free_bits=self.free_bits,
             reseed_dead=self.reseed_dead,
-            max_seconds=self.max_seconds, seed=self.seed, compile=resolve_compile(self.compile, device),
+            max_seconds=self.max_seconds, seed=self.seed, compile=self.compile,
         )
 
     # --- training ------------------------------------------------------------------
@@ -346,7 +330,7 @@ class MFCVAE(BaseEstimator):
         checkpoint = Path(run_dir) / CHECKPOINT_FILE if run_dir is not None else None
         # a resumed run keeps the arithmetic it started in, whatever "auto" picks here
         precision = self._check_resumable(checkpoint) if resume else resolve_precision(self.precision, device)
-        model_cfg, train_cfg = self._model_config(tuple(x.shape[1:]), precision), self._train_config(device)
+        model_cfg, train_cfg = self._model_config(tuple(x.shape[1:]), precision), self._train_config()
         if len(x) < max(model_cfg.n_clusters):
             raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
 

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import importlib.util
 import math
 import signal
 import threading
@@ -106,6 +107,33 @@ def batch_loss(model: MultiFacetVAE, xb: torch.Tensor, weights: torch.Tensor,
     totals = torch.stack([loss * len(xb), terms.elbo().sum(), terms.reconstruction.sum()])
     per_facet = (terms.log_p_z, terms.log_p_c, terms.log_q_z, terms.log_q_c, terms.kl())  # FACET_SUMS
     return loss, torch.cat([totals, *(term.sum(0) for term in per_facet)]).detach()
+
+
+# compile="auto" compiles only runs that can repay it: compiling takes tens of seconds on first
+# use; a time budget under a minute, or a run of a few thousand steps, is mostly spent on it.
+AUTO_COMPILE_MIN_STEPS = 5_000
+AUTO_COMPILE_MIN_SECONDS = 60.0
+
+
+def compile_mode(cfg: TrainConfig, device: torch.device, steps_per_epoch: int) -> str | None:
+    """The torch.compile mode training uses, or None: eager training.
+
+    True: "reduce-overhead" (CUDA graphs) on a GPU, "default" on a CPU. "auto": on a GPU that
+    Triton serves (installed, compute capability 7.0 or later), for a run long enough to repay
+    the compile; never on a CPU, where a step is bound by its matrix products. Measured with
+    benchmarks/budget.py: in one minute on an H200, 16-36 epochs compiled against 8-9 eager;
+    in two on the 2-core CPU host, 21 against 22.
+    """
+    if cfg.compile == "auto":
+        long_enough = (cfg.epochs * steps_per_epoch >= AUTO_COMPILE_MIN_STEPS
+                       and (cfg.max_seconds is None or cfg.max_seconds >= AUTO_COMPILE_MIN_SECONDS))
+        served = (device.type == "cuda" and importlib.util.find_spec("triton") is not None
+                  and torch.cuda.get_device_capability(device) >= (7, 0))
+        if not (long_enough and served):
+            return None
+    elif not cfg.compile:
+        return None
+    return "reduce-overhead" if device.type == "cuda" else "default"
 
 
 def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
@@ -248,11 +276,9 @@ class Trainer:
         self.schedule = ProgressiveSchedule.from_config(cfg, model.n_facets, self.steps_per_epoch)
         self.optimizer = adam(model, cfg.lr)
         self._sum_names = sum_names(model.n_facets)
-        # cfg.compile: the loss compiled, with CUDA graphs on a GPU (mode "reduce-overhead"): one
-        # launch for what is otherwise hundreds of small kernels per step (benchmarks/budget.py)
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-        self._compiled_loss = torch.compile(batch_loss, mode=mode) if cfg.compile else None
-        self._compile_pending = cfg.compile  # the first compiled step compiles: seconds with no progress
+        mode = compile_mode(cfg, device, self.steps_per_epoch)
+        self._compiled_loss = None if mode is None else torch.compile(batch_loss, mode=mode)
+        self._compile_pending = mode is not None  # until the first compiled step, which compiles
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step, self.history = 0, 0, []
         self.progress: EpochProgress | None = None  # set while an epoch is under way
@@ -333,6 +359,9 @@ class Trainer:
                               "fit again with resume=True (CLI: --resume) to continue")
             raise
         finally:
+            # no gradients left behind: compiled on a GPU they live in the CUDA graphs' memory,
+            # which the next compiled run in this process overwrites
+            self.optimizer.zero_grad(set_to_none=True)
             bar.close()
             if writer is not None:
                 writer.close()
@@ -383,15 +412,15 @@ class Trainer:
         if self.progress is None:
             self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle), reseeded=self._reseed_dead(x))
         progress, start = self.progress, time.perf_counter()
-        if self._compile_pending:
-            bar.set_postfix_str("compiling the loss")  # replaced by the ELBO after the first step
-            self._compile_pending = False
         for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
             batch_idx = progress.order[lo:hi]
             position = self.position
             self._refit_starting_facets(x, position)
             self.model.train()
             xb = to_model_input(x[batch_idx], self.device)
+            compiling = self._compile_pending and len(xb) == self.cfg.batch_size
+            if compiling:
+                bar.set_postfix_str("compiling the loss")
             loss, sums = self._batch_loss(xb, self.schedule.weights(position).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -409,7 +438,7 @@ class Trainer:
                 progress.sums[name] = progress.sums.get(name, 0.0) + value
             progress.sums["n"] = progress.sums.get("n", 0) + len(xb)
             bar.update(self.position - bar.n)
-            if progress.done % 10 == 1:
+            if progress.done % 10 == 1 or compiling:
                 sums, n = progress.sums, progress.sums["n"]
                 bar.set_postfix(elbo=f"{sums['elbo'] / n:.1f}", rec=f"{sums['reconstruction'] / n:.1f}",
                                 kl="/".join(f"{sums[f'kl_{j}'] / n:.2f}" for j in range(self.model.n_facets)))
@@ -428,12 +457,26 @@ class Trainer:
         return row
 
     def _batch_loss(self, xb: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``batch_loss``, compiled for full mini-batches when cfg.compile: an epoch's shorter last
-        one runs eagerly rather than compile (and capture) a second graph for its shape."""
-        if self._compiled_loss is not None and len(xb) == self.cfg.batch_size:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are spent
-            return self._compiled_loss(self.model, xb, weights, self.cfg.free_bits)
-        return batch_loss(self.model, xb, weights, self.cfg.free_bits)
+        """``batch_loss``, compiled for mini-batches of ``batch_size`` when training compiles: an
+        epoch's last one, of another size, runs eagerly rather than compile a second graph.
+
+        With compile="auto", a first compile that fails (no C compiler for Triton, a Python
+        torch.compile does not support, ...) warns and leaves training eager.
+        """
+        if self._compiled_loss is None or len(xb) != self.cfg.batch_size:
+            return batch_loss(self.model, xb, weights, self.cfg.free_bits)
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are spent
+        try:
+            out = self._compiled_loss(self.model, xb, weights, self.cfg.free_bits)
+        except Exception as err:
+            if not (self._compile_pending and self.cfg.compile == "auto"):
+                raise
+            warnings.warn(f"compile='auto': torch.compile failed ({type(err).__name__}: {err}); training "
+                          "eagerly (compile=False skips the attempt)", RuntimeWarning, stacklevel=2)
+            self._compiled_loss = None
+            out = batch_loss(self.model, xb, weights, self.cfg.free_bits)
+        self._compile_pending = False
+        return out
 
     def _refit_starting_facets(self, x: torch.Tensor, position: int) -> None:
         """With ``refit_on_stage``: re-initialise the mixture of a facet whose stage starts at this
