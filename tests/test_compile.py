@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 from mfcvae import train as train_module
@@ -66,8 +67,10 @@ def test_a_real_compiled_fit_compiles_once(tiny_estimator, X):
     """Dead clusters re-seeded and mixtures refitted between compiled steps (in place) do not make
     torch.compile compile again; the run trains."""
     torch._dynamo.reset()  # forget the other tests' compiles of the same function
+    counters.clear()
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
         model = tiny_estimator(compile=True, epochs=3, refit_on_stage=True, reseed_dead=True).fit(X)
+    assert counters["stats"]["unique_graphs"] >= 1  # it did compile
     assert model.history_[-1]["elbo"] > model.history_[0]["elbo"]
 
 

@@ -121,8 +121,8 @@ def compile_mode(cfg: TrainConfig, device: torch.device, steps_per_epoch: int) -
     True: "reduce-overhead" (CUDA graphs) on a GPU, "default" on a CPU. "auto": on a GPU that
     Triton serves (installed, compute capability 7.0 or later), for a run long enough to repay
     the compile; never on a CPU, where a step is bound by its matrix products. Measured with
-    benchmarks/budget.py: in one minute on an H200, 16-36 epochs compiled against 8-9 eager;
-    in two on the 2-core CPU host, 21 against 22.
+    benchmarks/budget.py: in one minute on an H200, 16-36 epochs compiled against 8-9 eager
+    (bfloat16); in two on the 2-core CPU host, 21 against 22.
     """
     if cfg.compile == "auto":
         long_enough = (cfg.epochs * steps_per_epoch >= AUTO_COMPILE_MIN_STEPS
@@ -421,10 +421,10 @@ class Trainer:
             compiling = self._compile_pending and len(xb) == self.cfg.batch_size
             if compiling:
                 bar.set_postfix_str("compiling the loss")
-            loss, sums = self._batch_loss(xb, self.schedule.weights(position).to(self.device))
+            loss, device_sums = self._batch_loss(xb, self.schedule.weights(position).to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            batch_sums = sums.tolist()  # read once backward is queued: the device works meanwhile
+            batch_sums = device_sums.tolist()  # read once backward is queued: the device works meanwhile
             if not math.isfinite(batch_sums[0]):
                 raise FloatingPointError(
                     f"the loss became {batch_sums[0] / len(xb)} at epoch {self.epoch + 1}, step {self.step}; "
