@@ -173,7 +173,7 @@ class MFCVAE(BaseEstimator):
     compile : train with the loss compiled by ``torch.compile``, on a GPU with CUDA graphs
         (a step's forward and backward pass replayed as two graphs instead of hundreds of small
         kernel launches). "auto" (default): on a GPU that Triton serves, for runs long enough
-        to repay the compile (tens of seconds on first use, counted against ``max_seconds``),
+        to repay the compile (the first step compiles; ``max_seconds`` counts that time),
         and falling back to eager training, with a warning, where compiling fails; never on a
         CPU, where it was no faster (benchmarks/budget.py). Compiled training draws other
         random numbers, so it matches eager training in distribution, not bit for bit.
