@@ -361,8 +361,8 @@ def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name
     est = MFCVAE(**load_preset(name))
     assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
     assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
-            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end) == (
-        0, False, False, 0.0, "constant", None, "exact", False, 0.0, False)
+            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end, est.progressive) == (
+        0, False, False, 0.0, "constant", None, "exact", False, 0.0, False, True)
 
 
 def test_load_missing_folder_raises_file_not_found(tmp_path):
