@@ -61,23 +61,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto' -> 'bfloat16' on a CPU that computes it natively (AVX-512 BF16 or AMX), else 'float32'.
 
     Measured (benchmarks/budget.py): on such a CPU bfloat16 fits 2.4x the epochs in a time budget;
-    emulated (an AVX2-only CPU) it fits a tenth of float32's, so asking for it there warns. On a
+    emulated (an AVX2-only CPU) it fits a tenth of float32's (warn_if_emulated says so). On a
     GPU (an H200) the networks are too small for bfloat16 to pay: eager, autocast's extra casts
     made an epoch slower (46 against 57 epochs a minute); compiled, it ran at float32's speed and
     came out level (0.619 against 0.611 over 7 paired seeds, ahead on 5), so a GPU gets float32.
     """
     if precision not in ("auto", *PRECISIONS):
         raise ValueError(f"precision must be one of {('auto', *PRECISIONS)}, got {precision!r}")
-    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_native_bfloat16():
-        warnings.warn("precision='bfloat16' on a CPU without native bfloat16 (no AVX-512 BF16, no AMX): "
-                      "it is emulated and about ten times slower than float32 (measured: 3 epochs of "
-                      "Fashion-MNIST in ten minutes, 32 in float32); precision='auto' picks float32 here",
-                      stacklevel=3)
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "float32"
     return "bfloat16" if cpu_has_native_bfloat16() else "float32"
+
+
+def warn_if_emulated(precision: str, device: torch.device) -> None:
+    """Warn before training in bfloat16 on a CPU that emulates it: a fresh run asked for it, or a
+    resumed one started on a machine that had it (either way the caller of ``fit`` is named)."""
+    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_native_bfloat16():
+        warnings.warn("precision='bfloat16' on a CPU without native bfloat16 (no AVX-512 BF16, no AMX): "
+                      "it is emulated and about ten times slower than float32 (measured: 3 epochs of "
+                      "Fashion-MNIST in ten minutes, 32 in float32); precision='auto' picks float32 here",
+                      stacklevel=3)
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -342,6 +347,7 @@ class MFCVAE(BaseEstimator):
         checkpoint = Path(run_dir) / CHECKPOINT_FILE if run_dir is not None else None
         # a resumed run keeps the arithmetic it started in, whatever "auto" picks here
         precision = self._check_resumable(checkpoint) if resume else resolve_precision(self.precision, device)
+        warn_if_emulated(precision, device)
         model_cfg, train_cfg = self._model_config(tuple(x.shape[1:]), precision), self._train_config()
         if len(x) < max(model_cfg.n_clusters):
             raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
