@@ -18,6 +18,7 @@ deadline, and the progressive schedule is laid over the time). Variants start fr
         --machine-note "host of 2026-11-25"        # timed rows compare only with rows of the same host and day
     python benchmarks/budget.py --table            # summarise every stored row
     python benchmarks/budget.py --table --machine 2026-11-25 --plot docs/budget.png   # one host's rows, drawn
+    python benchmarks/budget.py --pair paper free_bits --machine "8th session" "9th session"  # seed by seed
     python benchmarks/budget.py --data tinted --seconds 600 --variants merge_1_joint_2e-3_bf16 --seeds 3 \
         --save-models runs/budget --save-data runs/tinted70k.npz   # then: mfcvae report MODEL --data runs/tinted70k.npz
 """
@@ -153,30 +154,90 @@ def short_machine(machine: str) -> str:
     return ", ".join(parts[1:] if len(parts) > 1 else parts)
 
 
-def aggregate(rows: list[dict]) -> dict[tuple, dict[str, list]]:
-    """(dataset, n, budget, variant, label, machine) -> per-seed lists of the best facet's accuracy,
-    NMI and facet, the smallest facet KL and active-cluster share, epochs and wall time."""
-    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+def best_facets(rows: list[dict]) -> list[dict]:
+    """One record per run and label: the facet that clusters the label best (its accuracy, NMI and
+    facet), the smallest facet KL and active-cluster share over the run's facets, epochs and wall time."""
     by_run: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         by_run[(r["dataset"], r["n"], r["variant"], r["seed"], r["epochs"], r["budget_seconds"],
                 r["machine"])].append(r)
+    runs = []
     for (dataset, n, variant, seed, epochs, budget, where), run_rows in by_run.items():
         for label in sorted({r["label"] for r in run_rows}):
             mine = [r for r in run_rows if r["label"] == label]
             best = max(mine, key=lambda r: float(r["accuracy"]))
-            budget_name = f"{budget} s" if budget else (f"{epochs} epochs" if epochs else "-")
-            g = groups[(dataset, n, budget_name, variant, label, where)]
-            g["accuracy"].append(float(best["accuracy"]))
-            g["nmi"].append(float(best["nmi"]))
-            g["facet"].append(best["facet"])
-            g["seconds"].append(float(best["train_seconds"]))
-            if epochs:
-                g["epochs"].append(int(epochs))
-            if best.get("kl") not in ("", None):
-                g["min_kl"].append(min(float(r["kl"]) for r in mine))
-                g["active"].append(min(int(r["active_clusters"]) / int(r["n_clusters"]) for r in mine))
+            has_kl = best.get("kl") not in ("", None)
+            runs.append({
+                "dataset": dataset, "n": n, "variant": variant, "seed": seed, "label": label, "machine": where,
+                "budget": f"{budget} s" if budget else (f"{epochs} epochs" if epochs else "-"),
+                "epochs": int(epochs) if epochs else None, "seconds": float(best["train_seconds"]),
+                "accuracy": float(best["accuracy"]), "nmi": float(best["nmi"]), "facet": best["facet"],
+                "min_kl": min(float(r["kl"]) for r in mine) if has_kl else None,
+                "active": min(int(r["active_clusters"]) / int(r["n_clusters"]) for r in mine) if has_kl else None})
+    return runs
+
+
+def aggregate(rows: list[dict]) -> dict[tuple, dict[str, list]]:
+    """(dataset, n, budget, variant, label, machine) -> per-seed lists of what best_facets records."""
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in best_facets(rows):
+        g = groups[(run["dataset"], run["n"], run["budget"], run["variant"], run["label"], run["machine"])]
+        for key in ("accuracy", "nmi", "facet", "seconds", "epochs", "min_kl", "active"):
+            if run[key] is not None:
+                g[key].append(run[key])
     return groups
+
+
+def paired(rows: list[dict], a: str, b: str) -> str:
+    """Variant ``a`` against ``b`` seed by seed: per data set, budget and label, the best-facet
+    accuracy of each seed both ran, their difference, and its mean over the pairs. A pair is one
+    seed's run of each on one machine (a wall-clock budget buys other epochs on another; a seed run
+    on two machines by both makes two pairs). Where the two variants ran a seed once each, on
+    different machines, they pair across them, marked so. Any other seed is left out, and named."""
+    all_runs = best_facets(rows)
+    missing = [v for v in (a, b) if not any(run["variant"] == v for run in all_runs)]
+    if missing:
+        return f"no rows of {' or '.join(map(repr, missing))} (name variants as the --table column does)"
+    runs: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: {a: [], b: []})
+    for run in all_runs:
+        if run["variant"] in (a, b):
+            runs[(run["dataset"], run["n"], run["budget"], run["label"])][run["variant"]].append(run)
+    lines = []
+    for (dataset, n, budget, label), by_variant in runs.items():
+        seeds = sorted({r["seed"] for r in by_variant[a]} & {r["seed"] for r in by_variant[b]}, key=int)
+        pairs, skipped = [], []
+        for seed in seeds:
+            runs_a = [r for r in by_variant[a] if r["seed"] == seed]
+            runs_b = [r for r in by_variant[b] if r["seed"] == seed]
+            shared = sorted({r["machine"] for r in runs_a} & {r["machine"] for r in runs_b})
+            for where in shared:
+                on_a, on_b = ([r for r in mine if r["machine"] == where] for mine in (runs_a, runs_b))
+                if len(on_a) == len(on_b) == 1:
+                    pairs.append((seed, on_a[0], on_b[0]))
+                else:
+                    skipped.append(f"{seed} ({len(on_a)} and {len(on_b)} runs on {short_machine(where)})")
+            if not shared:
+                if len(runs_a) == len(runs_b) == 1:
+                    pairs.append((seed, runs_a[0], runs_b[0]))
+                else:
+                    skipped.append(f"{seed} ({len(runs_a)} and {len(runs_b)} runs, on different machines)")
+        if not pairs:
+            continue
+        lines += [f"\n{dataset} {n}, {budget}, {label}: {a} (A) against {b} (B)",
+                  "| seed | A | B | A - B | epochs A / B | machine |", "|" + "---|" * 6]
+        for seed, ra, rb in pairs:
+            where = short_machine(ra["machine"]) + ("" if ra["machine"] == rb["machine"]
+                                                    else f" / {short_machine(rb['machine'])} (across machines)")
+            lines.append(f"| {seed} | {ra['accuracy']:.3f} | {rb['accuracy']:.3f} | "
+                         f"{ra['accuracy'] - rb['accuracy']:+.3f} | {ra['epochs'] or ''} / {rb['epochs'] or ''} | {where} |")
+        acc_a, acc_b = (np.array([p[i]["accuracy"] for p in pairs]) for i in (1, 2))
+        diff = acc_a - acc_b
+        lines.append(f"{len(pairs)} pairs, {len({p[0] for p in pairs})} seeds: A - B = {diff.mean():+.3f} +- {diff.std():.3f}, A ahead on "
+                     f"{int((diff > 0).sum())} of {len(pairs)}; A {acc_a.mean():.3f} +- {acc_a.std():.3f}, "
+                     f"B {acc_b.mean():.3f} +- {acc_b.std():.3f}")
+        if skipped:
+            lines.append(f"left out, ambiguous: seed {', '.join(skipped)}")
+    return "\n".join(lines).lstrip("\n") or f"no seed ran both {a!r} and {b!r} in these rows"
 
 
 def summarise(rows: list[dict]) -> str:
@@ -245,7 +306,10 @@ def main() -> None:
                         help="change the recipe for every variant (value read as YAML)")
     parser.add_argument("--no-kmeans", action="store_true", help="skip the k-means baseline")
     parser.add_argument("--table", action="store_true", help="summarise every stored row; train nothing")
-    parser.add_argument("--machine", help="with --table: only the rows whose machine contains this text")
+    parser.add_argument("--pair", nargs=2, metavar=("A", "B"),
+                        help="compare two stored variants (as the table names them) seed by seed; train nothing")
+    parser.add_argument("--machine", nargs="+", metavar="TEXT",
+                        help="with --table or --pair: only the rows whose machine contains one of these texts")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the summarised rows as a bar chart")
     parser.add_argument("--save-models", type=Path, metavar="DIR", help="save every trained model in DIR")
     parser.add_argument("--save-data", type=Path, metavar="NPZ",
@@ -256,10 +320,15 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"CSV to append to (default {RESULTS})")
     args = parser.parse_args()
     results = args.results
-    if args.table:
+    if args.pair and args.pair[0] == args.pair[1]:
+        parser.error(f"--pair needs two different variants, got {args.pair[0]!r} twice")
+    if args.pair and args.plot:
+        parser.error("--plot draws the --table summary; leave it out with --pair")
+    if args.table or args.pair:
         with results.open() as f:
-            stored = [r for r in csv.DictReader(f) if args.machine is None or args.machine in r["machine"]]
-        print(summarise(stored))
+            stored = [r for r in csv.DictReader(f)
+                      if args.machine is None or any(text in r["machine"] for text in args.machine)]
+        print(paired(stored, *args.pair) if args.pair else summarise(stored))
         if args.plot:
             plot(stored, args.plot)
         return

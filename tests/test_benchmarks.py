@@ -15,6 +15,7 @@ from mfcvae.metrics import many_to_one_accuracy
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import budget  # noqa: E402
+import common  # noqa: E402
 import demo_and_fashion  # noqa: E402
 import refit_starts  # noqa: E402
 
@@ -100,6 +101,65 @@ def test_summary_keeps_machines_apart():
     assert len(table) == 2
     assert table[0].endswith("| 3 | 59 | AMD EPYC, 2 threads |")
     assert table[1].endswith("| 7 | 59 | Intel Xeon, 2 threads |")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_machine_says_whether_the_cpu_computes_bfloat16(monkeypatch, native):
+    """A CPU row names the arithmetic "auto" trains in there, which sets the epochs a time budget buys."""
+    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(common, "cpu_has_native_bfloat16", lambda: native)
+    line = common.machine()
+    assert f"threads, bfloat16 {'native' if native else 'emulated'}, torch " in line
+    assert budget.short_machine(line).endswith(f"bfloat16 {'native' if native else 'emulated'}")
+
+
+def _run_rows(variant: str, seed: int, machine: str, accuracies: tuple[float, float]) -> list[dict]:
+    """The two facet rows (label 'shape') one stored run leaves in budget.csv."""
+    row = {"dataset": "demo", "n": "10", "variant": variant, "seed": str(seed), "epochs": "3",
+           "budget_seconds": "60.0", "train_seconds": "59", "label": "shape", "nmi": "0.1",
+           "active_clusters": "2", "n_clusters": "4", "kl": "1.0", "machine": machine}
+    return [{**row, "facet": str(j), "accuracy": str(acc)} for j, acc in enumerate(accuracies)]
+
+
+def test_pair_compares_the_best_facets_seed_by_seed():
+    """Each seed pairs A's and B's best facet on one machine; a seed each ran once, on different
+    machines, pairs across them (marked); a seed run twice with no same-machine partner is left out."""
+    day1, day2 = "x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu, day 1", "x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu, day 2"
+    rows = (_run_rows("A", 0, day1, (0.2, 0.7)) + _run_rows("B", 0, day1, (0.6, 0.1))     # +0.1
+            + _run_rows("A", 1, day1, (0.5, 0.4)) + _run_rows("B", 1, day2, (0.3, 0.6))   # -0.1, across
+            + _run_rows("A", 2, day2, (0.9, 0.1)) + _run_rows("B", 2, day2, (0.6, 0.1))   # +0.3
+            + _run_rows("B", 2, day1, (0.2, 0.1))                                          # its day-1 run: unused
+            + _run_rows("A", 3, day1, (0.5, 0.1)) + _run_rows("A", 3, day2, (0.5, 0.1))
+            + _run_rows("B", 3, "elsewhere", (0.5, 0.1))                                   # ambiguous
+            + _run_rows("A", 4, day1, (0.5, 0.1)) + _run_rows("C", 4, day1, (0.1, 0.1)))   # B never ran seed 4
+    out = budget.paired(rows, "A", "B").splitlines()
+    table = [line for line in out if line.startswith("| ") and not line.startswith("| seed")]
+    assert [line.split(" | ")[:4] for line in table] == [
+        ["| 0", "0.700", "0.600", "+0.100"], ["| 1", "0.500", "0.600", "-0.100"], ["| 2", "0.900", "0.600", "+0.300"]]
+    assert "(across machines)" in table[1] and "(across machines)" not in table[0] + table[2]
+    assert "3 pairs, 3 seeds: A - B = +0.100 +- 0.163, A ahead on 2 of 3; A 0.700 +- 0.163, B 0.600 +- 0.000" in out
+    assert out[-1] == "left out, ambiguous: seed 3 (2 and 1 runs, on different machines)"
+    assert budget.paired(rows, "A", "D") == "no rows of 'D' (name variants as the --table column does)"
+
+
+def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tmp_path, monkeypatch, capsys):
+    """--machine with several texts keeps the rows of each; a seed both ran on two of them pairs twice."""
+    results = tmp_path / "budget.csv"
+    with results.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=budget.FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for machine, a in (("day 1", 0.5), ("day 2", 0.8), ("day 3", 0.7)):
+            writer.writerows(_run_rows("A", 0, machine, (a, 0.1)) + _run_rows("B", 0, machine, (0.4, 0.1)))
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--pair", "A", "B", "--results", str(results),
+                                      "--machine", "day 1", "day 3"])
+    budget.main()
+    assert "2 pairs, 1 seeds: A - B = +0.200 +- 0.100" in capsys.readouterr().out  # day 2's +0.4 not among them
+    for wrong, message in ((["--pair", "A", "A"], "two different variants"),
+                           (["--pair", "A", "B", "--plot", str(tmp_path / "p.png")], "--plot draws the --table")):
+        monkeypatch.setattr(sys, "argv", ["budget.py", *wrong, "--results", str(results)])
+        with pytest.raises(SystemExit):
+            budget.main()
+        assert message in capsys.readouterr().err
 
 
 def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, monkeypatch, capsys, tiny_estimator):
