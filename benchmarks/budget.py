@@ -221,20 +221,23 @@ def paired(rows: list[dict], a: str, b: str) -> str:
                     pairs.append((seed, runs_a[0], runs_b[0]))
                 else:
                     skipped.append(f"{seed} ({len(runs_a)} and {len(runs_b)} runs, on different machines)")
-        if not pairs:
+        if not (pairs or skipped):
             continue
-        lines += [f"\n{dataset} {n}, {budget}, {label}: {a} (A) against {b} (B)",
-                  "| seed | A | B | A - B | epochs A / B | machine |", "|" + "---|" * 6]
+        lines.append(f"\n{dataset} {n}, {budget}, {label}: {a} (A) against {b} (B)")
+        if pairs:
+            lines += ["| seed | A | B | A - B | epochs A / B | machine |", "|" + "---|" * 6]
         for seed, ra, rb in pairs:
             where = short_machine(ra["machine"]) + ("" if ra["machine"] == rb["machine"]
                                                     else f" / {short_machine(rb['machine'])} (across machines)")
+            epochs = f"{ra['epochs'] or ''} / {rb['epochs'] or ''}"
             lines.append(f"| {seed} | {ra['accuracy']:.3f} | {rb['accuracy']:.3f} | "
-                         f"{ra['accuracy'] - rb['accuracy']:+.3f} | {ra['epochs'] or ''} / {rb['epochs'] or ''} | {where} |")
-        acc_a, acc_b = (np.array([p[i]["accuracy"] for p in pairs]) for i in (1, 2))
-        diff = acc_a - acc_b
-        lines.append(f"{len(pairs)} pairs, {len({p[0] for p in pairs})} seeds: A - B = {diff.mean():+.3f} +- {diff.std():.3f}, A ahead on "
-                     f"{int((diff > 0).sum())} of {len(pairs)}; A {acc_a.mean():.3f} +- {acc_a.std():.3f}, "
-                     f"B {acc_b.mean():.3f} +- {acc_b.std():.3f}")
+                         f"{ra['accuracy'] - rb['accuracy']:+.3f} | {epochs} | {where} |")
+        if pairs:
+            acc_a, acc_b = (np.array([p[i]["accuracy"] for p in pairs]) for i in (1, 2))
+            diff, n_seeds = acc_a - acc_b, len({p[0] for p in pairs})
+            lines.append(f"{len(pairs)} pairs over {n_seeds} seed{'s' * (n_seeds != 1)}: A - B = {diff.mean():+.3f} "
+                         f"+- {diff.std():.3f}, A ahead on {int((diff > 0).sum())} of {len(pairs)}; "
+                         f"A {acc_a.mean():.3f} +- {acc_a.std():.3f}, B {acc_b.mean():.3f} +- {acc_b.std():.3f}")
         if skipped:
             lines.append(f"left out, ambiguous: seed {', '.join(skipped)}")
     return "\n".join(lines).lstrip("\n") or f"no seed ran both {a!r} and {b!r} in these rows"

@@ -124,7 +124,7 @@ def _run_rows(variant: str, seed: int, machine: str, accuracies: tuple[float, fl
 def test_pair_compares_the_best_facets_seed_by_seed():
     """Each seed pairs A's and B's best facet on one machine; a seed each ran once, on different
     machines, pairs across them (marked); a seed run twice with no same-machine partner is left out."""
-    day1, day2 = "x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu, day 1", "x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu, day 2"
+    day1, day2 = (f"x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu, day {d}" for d in (1, 2))
     rows = (_run_rows("A", 0, day1, (0.2, 0.7)) + _run_rows("B", 0, day1, (0.6, 0.1))     # +0.1
             + _run_rows("A", 1, day1, (0.5, 0.4)) + _run_rows("B", 1, day2, (0.3, 0.6))   # -0.1, across
             + _run_rows("A", 2, day2, (0.9, 0.1)) + _run_rows("B", 2, day2, (0.6, 0.1))   # +0.3
@@ -137,9 +137,11 @@ def test_pair_compares_the_best_facets_seed_by_seed():
     assert [line.split(" | ")[:4] for line in table] == [
         ["| 0", "0.700", "0.600", "+0.100"], ["| 1", "0.500", "0.600", "-0.100"], ["| 2", "0.900", "0.600", "+0.300"]]
     assert "(across machines)" in table[1] and "(across machines)" not in table[0] + table[2]
-    assert "3 pairs, 3 seeds: A - B = +0.100 +- 0.163, A ahead on 2 of 3; A 0.700 +- 0.163, B 0.600 +- 0.000" in out
+    assert "3 pairs over 3 seeds: A - B = +0.100 +- 0.163, A ahead on 2 of 3; A 0.700 +- 0.163, B 0.600 +- 0.000" in out
     assert out[-1] == "left out, ambiguous: seed 3 (2 and 1 runs, on different machines)"
     assert budget.paired(rows, "A", "D") == "no rows of 'D' (name variants as the --table column does)"
+    only_ambiguous = budget.paired([r for r in rows if r["seed"] == "3"], "A", "B").splitlines()
+    assert only_ambiguous[1:] == ["left out, ambiguous: seed 3 (2 and 1 runs, on different machines)"]
 
 
 def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tmp_path, monkeypatch, capsys):
@@ -153,7 +155,7 @@ def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tm
     monkeypatch.setattr(sys, "argv", ["budget.py", "--pair", "A", "B", "--results", str(results),
                                       "--machine", "day 1", "day 3"])
     budget.main()
-    assert "2 pairs, 1 seeds: A - B = +0.200 +- 0.100" in capsys.readouterr().out  # day 2's +0.4 not among them
+    assert "2 pairs over 1 seed: A - B = +0.200 +- 0.100" in capsys.readouterr().out  # day 2's +0.4 not among them
     for wrong, message in ((["--pair", "A", "A"], "two different variants"),
                            (["--pair", "A", "B", "--plot", str(tmp_path / "p.png")], "--plot draws the --table")):
         monkeypatch.setattr(sys, "argv", ["budget.py", *wrong, "--results", str(results)])
