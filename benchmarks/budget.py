@@ -210,29 +210,24 @@ def paired(rows: list[dict], a: str, b: str) -> str:
             runs_a = [r for r in by_variant[a] if r["seed"] == seed]
             runs_b = [r for r in by_variant[b] if r["seed"] == seed]
             shared = sorted({r["machine"] for r in runs_a} & {r["machine"] for r in runs_b})
-            for where in shared:
-                on_a, on_b = ([r for r in mine if r["machine"] == where] for mine in (runs_a, runs_b))
+            candidates = [([r for r in runs_a if r["machine"] == m], [r for r in runs_b if r["machine"] == m],
+                           f" on {short_machine(m)}") for m in shared] or [(runs_a, runs_b, ", on different machines")]
+            for on_a, on_b, where in candidates:
                 if len(on_a) == len(on_b) == 1:
                     pairs.append((seed, on_a[0], on_b[0]))
                 else:
-                    skipped.append(f"{seed} ({len(on_a)} and {len(on_b)} runs on {short_machine(where)})")
-            if not shared:
-                if len(runs_a) == len(runs_b) == 1:
-                    pairs.append((seed, runs_a[0], runs_b[0]))
-                else:
-                    skipped.append(f"{seed} ({len(runs_a)} and {len(runs_b)} runs, on different machines)")
+                    skipped.append(f"{seed} ({len(on_a)} and {len(on_b)} runs{where})")
         if not (pairs or skipped):
             continue
         lines.append(f"\n{dataset} {n}, {budget}, {label}: {a} (A) against {b} (B)")
         if pairs:
             lines += ["| seed | A | B | A - B | epochs A / B | machine |", "|" + "---|" * 6]
-        for seed, ra, rb in pairs:
-            where = short_machine(ra["machine"]) + ("" if ra["machine"] == rb["machine"]
-                                                    else f" / {short_machine(rb['machine'])} (across machines)")
-            epochs = f"{ra['epochs'] or ''} / {rb['epochs'] or ''}"
-            lines.append(f"| {seed} | {ra['accuracy']:.3f} | {rb['accuracy']:.3f} | "
-                         f"{ra['accuracy'] - rb['accuracy']:+.3f} | {epochs} | {where} |")
-        if pairs:
+            for seed, ra, rb in pairs:
+                where = short_machine(ra["machine"]) + ("" if ra["machine"] == rb["machine"]
+                                                        else f" / {short_machine(rb['machine'])} (across machines)")
+                epochs = f"{ra['epochs'] or ''} / {rb['epochs'] or ''}"
+                lines.append(f"| {seed} | {ra['accuracy']:.3f} | {rb['accuracy']:.3f} | "
+                             f"{ra['accuracy'] - rb['accuracy']:+.3f} | {epochs} | {where} |")
             acc_a, acc_b = (np.array([p[i]["accuracy"] for p in pairs]) for i in (1, 2))
             diff, n_seeds = acc_a - acc_b, len({p[0] for p in pairs})
             lines.append(f"{len(pairs)} pairs over {n_seeds} seed{'s' * (n_seeds != 1)}: A - B = {diff.mean():+.3f} "
