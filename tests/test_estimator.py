@@ -376,8 +376,11 @@ def test_reseed_dead_logs_its_work_per_epoch(tiny_estimator, X):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "svhn", "3dshapes_1", "3dshapes_2"])
 def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name):
-    """The defaults train with batch 128 and precision "auto"; a paper preset must not inherit
-    them, nor any option beyond the paper."""
+    """The defaults train with batch 128, precision "auto" and full covariances; a paper preset
+    must not inherit them, nor any option beyond the paper. The covariance key must be in the
+    file (the MLP presets' diagonal one is not the default)."""
+    assert MFCVAE().covariance == "full"
+    assert load_preset(name)["covariance"] == ("diag" if "mnist" in name else "full")
     est = MFCVAE(**load_preset(name))
     assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
     assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
