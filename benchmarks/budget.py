@@ -35,6 +35,7 @@ import numpy as np
 from common import FASHION_DIR, kmeans_baseline, machine
 
 from mfcvae import MFCVAE, load_preset
+from mfcvae.cli import parse_assignment
 from mfcvae.datasets import Dataset, load_mnist, make_shapes, make_tinted
 
 RESULTS = Path(__file__).parent / "results" / "budget.csv"
@@ -331,8 +332,10 @@ def main() -> None:
             plot(stored, args.plot)
         return
 
-    import yaml
-    extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    try:  # values read as the CLI's --set reads them (1e-3 is a number)
+        extra = dict(parse_assignment(text) for text in args.set)
+    except ValueError as err:
+        parser.error(str(err))
     data = load_data(args.data, args.n)
     if args.save_data:
         np.savez(args.save_data, x=data.x.raw, **data.labels)

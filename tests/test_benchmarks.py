@@ -24,11 +24,12 @@ def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(budget, "RESULTS", tmp_path / "budget.csv")
     monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--n", "300", "--epochs", "1",
                                       "--variants", "paper", "free_bits", "--seeds", "0",
-                                      "--set", "hidden_dims=[32, 64]", "--set", "batch_size=64"])
+                                      "--set", "hidden_dims=[32, 64]", "--set", "batch_size=64",
+                                      "--set", "lr=1e-3"])
     budget.main()
     with (tmp_path / "budget.csv").open() as f:
         rows = list(csv.DictReader(f))
-    changes = "(hidden_dims=[32, 64]) (batch_size=64)"  # the --set changes, named in each row
+    changes = "(hidden_dims=[32, 64]) (batch_size=64) (lr=0.001)"  # the --set changes, named in each row
     runs = [r for r in rows if r["variant"] in (f"paper {changes}", f"free_bits {changes}")]
     assert len(runs) == 2 * 2 * 2  # variants x facets x labels
     assert {r["label"] for r in rows} == {"shape", "colour"}
@@ -43,6 +44,10 @@ def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsy
 
     with Image.open(tmp_path / "budget.png") as image:
         assert image.width > 500  # one panel per label, drawn
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--set", "lr"])
+    with pytest.raises(SystemExit):
+        budget.main()
+    assert "--set expects field=value, got 'lr'" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["budget.py", "--table", "--machine", "no such machine"])
     budget.main()
     assert "| demo 300 |" not in capsys.readouterr().out
