@@ -134,8 +134,9 @@ class MFCVAE(BaseEstimator):
     covariance : "full" (default) or "diag" (the paper's) covariance of every mixture
         component. A cluster of the encoded data is seldom aligned with the latent axes; with
         full covariances the mixture, the one fitted at the end included, follows it (ten
-        float32 CPU-minutes of Fashion-MNIST, seeds 0-6: ahead of diagonal ones on 9 of 10
-        seed pairs, at about the same epochs; README, "Default changed: full covariances").
+        float32 CPU-minutes of Fashion-MNIST: ahead of diagonal ones on 5 of 5 and 4 of 5
+        seeds in two pairings, at about the same epochs; README, "Default changed: full
+        covariances").
     learn_weights : learn the mixture weights pi_j (else uniform, fixed).
     weight_floor : share of each facet's prior mass spread evenly over its clusters, so that
         pi_jk >= weight_floor / K_j: a cluster cannot die by its weight shrinking to zero
