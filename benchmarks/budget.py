@@ -29,6 +29,7 @@ import argparse
 import csv
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -189,12 +190,22 @@ def aggregate(rows: list[dict]) -> dict[tuple, dict[str, list]]:
     return groups
 
 
-def paired(rows: list[dict], a: str, b: str) -> str:
+def first_named(runs: list[dict], prefer: Sequence[str]) -> list[dict]:
+    """The runs on the machine named first in ``prefer`` (all of them where it names none)."""
+    for text in prefer:
+        if hits := [r for r in runs if text in r["machine"]]:
+            return hits
+    return runs
+
+
+def paired(rows: list[dict], a: str, b: str, prefer: Sequence[str] = ()) -> str:
     """Variant ``a`` against ``b`` seed by seed: per data set, budget and label, the best-facet
     accuracy of each seed both ran, their difference, and its mean over the pairs. A pair is one
     seed's run of each on one machine (a wall-clock budget buys other epochs on another; a seed run
-    on two machines by both makes two pairs). Where the two variants ran a seed once each, on
-    different machines, they pair across them, marked so. Any other seed is left out, and named."""
+    on two machines by both makes two pairs). Where the two variants ran a seed on no machine in
+    common they pair across machines, marked so, if each ran it once; or, where one ran it on
+    several, with its run on the machine named first in ``prefer`` (texts, as --machine gives
+    them). Any other seed is left out, and named."""
     all_runs = best_facets(rows)
     missing = [v for v in (a, b) if not any(run["variant"] == v for run in all_runs)]
     if missing:
@@ -212,7 +223,8 @@ def paired(rows: list[dict], a: str, b: str) -> str:
             runs_b = [r for r in by_variant[b] if r["seed"] == seed]
             shared = sorted({r["machine"] for r in runs_a} & {r["machine"] for r in runs_b})
             candidates = [([r for r in runs_a if r["machine"] == m], [r for r in runs_b if r["machine"] == m],
-                           f" on {short_machine(m)}") for m in shared] or [(runs_a, runs_b, ", on different machines")]
+                           f" on {short_machine(m)}") for m in shared] or [
+                (first_named(runs_a, prefer), first_named(runs_b, prefer), ", on different machines")]
             for on_a, on_b, where in candidates:
                 if len(on_a) == len(on_b) == 1:
                     pairs.append((seed, on_a[0], on_b[0]))
@@ -308,7 +320,9 @@ def main() -> None:
     parser.add_argument("--pair", nargs=2, metavar=("A", "B"),
                         help="compare two stored variants (as the table names them) seed by seed; train nothing")
     parser.add_argument("--machine", nargs="+", metavar="TEXT",
-                        help="with --table or --pair: only the rows whose machine contains one of these texts")
+                        help="with --table or --pair: only the rows whose machine contains one of these texts; "
+                             "with --pair, where the two ran a seed on no machine in common, a variant's run "
+                             "of it on the machine named first")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the summarised rows as a bar chart")
     parser.add_argument("--save-models", type=Path, metavar="DIR", help="save every trained model in DIR")
     parser.add_argument("--save-data", type=Path, metavar="NPZ",
@@ -327,7 +341,7 @@ def main() -> None:
         with results.open() as f:
             stored = [r for r in csv.DictReader(f)
                       if args.machine is None or any(text in r["machine"] for text in args.machine)]
-        print(paired(stored, *args.pair) if args.pair else summarise(stored))
+        print(paired(stored, *args.pair, prefer=args.machine or ()) if args.pair else summarise(stored))
         if args.plot:
             plot(stored, args.plot)
         return

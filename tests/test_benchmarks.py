@@ -147,6 +147,11 @@ def test_pair_compares_the_best_facets_seed_by_seed():
     assert budget.paired(rows, "A", "D") == "no rows of 'D' (name variants as the --table column does)"
     only_ambiguous = budget.paired([r for r in rows if r["seed"] == "3"], "A", "B").splitlines()
     assert only_ambiguous[1:] == ["left out, ambiguous: seed 3 (2 and 1 runs, on different machines)"]
+    seed_3 = [r for r in rows if r["seed"] == "3"]
+    seed_3[0:2] = _run_rows("A", 3, day1, (0.3, 0.1))  # its day-1 run now differs from its day-2 run
+    for prefer, diff in ((["day 1", "day 2"], "-0.200"), (["day 2", "day 1"], "+0.000")):
+        preferred = budget.paired(seed_3, "A", "B", prefer=prefer).splitlines()
+        assert preferred[3].split(" | ")[:4] == ["| 3", f"{0.5 + float(diff):.3f}", "0.500", diff], prefer
 
 
 def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tmp_path, monkeypatch, capsys):

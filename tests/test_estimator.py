@@ -325,6 +325,26 @@ def test_refit_at_end_fits_the_trained_encoders_output(tiny_estimator, X):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_refit_every_fits_the_switched_on_facets_mixtures_as_every_nth_epoch_starts(tiny_estimator, X, monkeypatch):
+    """refit_every=2 over 6 epochs: fresh fits to draws from q(z|x) (as refit_at_end makes) as
+    epochs 3 and 5 start, seeded by the run's seed plus the epoch, of the facets then switched
+    on: the top facet alone while the lower one waits for its stage (from epoch 4 of 6)."""
+    calls = []
+
+    def recording(model, x, method, seed, device, facets=None, fit_variances=False, draws=False):
+        calls.append((seed, facets, method, fit_variances, draws))
+        return initialise_priors(model, x, method, seed, device, facets, fit_variances, draws)
+
+    monkeypatch.setattr(train_module, "initialise_priors", recording)
+    est = tiny_estimator(epochs=6, refit_every=2, refit_at_end=False, seed=7).fit(X)
+    refits = [c for c in calls if c[4]]
+    assert refits == [(9, [1], "gmm", True, True), (11, [0, 1], "gmm", True, True)]
+    calls.clear()
+    tiny_estimator(epochs=6, refit_at_end=False, seed=7).fit(X)  # off by default
+    assert not [c for c in calls if c[4]]
+    assert est.get_params()["refit_every"] == 2
+
+
 def test_files_saved_before_reseed_dead_weight_floor_and_refit_at_end_existed_keep_how_they_were_trained(
         tiny_estimator, fitted, X, tmp_path):
     """They trained without any of them; the defaults reseed_dead=True and refit_at_end=True must
@@ -384,8 +404,8 @@ def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name
     est = MFCVAE(**load_preset(name))
     assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
     assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
-            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end) == (
-        0, False, False, 0.0, "constant", None, "exact", False, 0.0, False)
+            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end, est.refit_every) == (
+        0, False, False, 0.0, "constant", None, "exact", False, 0.0, False, 0)
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))
@@ -527,7 +547,7 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
 
 @pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1, init_variances=True,
                                             lr_schedule="cosine", reseed_dead=False, weight_floor=0.3,
-                                            refit_at_end=False)],
+                                            refit_at_end=False, refit_every=2)],
                          ids=["defaults", "other-options"])
 def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
                                                                        extra):
@@ -664,6 +684,8 @@ BAD_PARAMS = {
     "weight_floor negative": (dict(weight_floor=-0.1), "weight_floor"),
     "reseed_dead not a bool": (dict(reseed_dead="yes"), "reseed_dead"),
     "refit_at_end not a bool": (dict(refit_at_end="yes"), "refit_at_end"),
+    "refit_every negative": (dict(refit_every=-1), "refit_every"),
+    "refit_every fractional": (dict(refit_every=2.5), "refit_every"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
     "precision": (dict(precision="float16"), "precision"),

@@ -149,6 +149,7 @@ class TrainConfig:
     pretrain_epochs: int = 0
     refit_on_stage: bool = False
     refit_at_end: bool = False
+    refit_every: int = 0
     reseed_dead: bool = False
     free_bits: float = 0.0
     max_seconds: float | None = None
@@ -166,6 +167,9 @@ class TrainConfig:
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
         _check_bool("refit_at_end", self.refit_at_end)
+        if not (isinstance(self.refit_every, numbers.Integral) and not isinstance(self.refit_every, bool)
+                and self.refit_every >= 0):
+            raise ValueError(f"refit_every must be a whole number of epochs >= 0 (0: never), got {self.refit_every!r}")
         _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("init_variances", self.init_variances)
         if self.compile != "auto" and (isinstance(self.compile, str) or self.compile not in (True, False)):

@@ -412,6 +412,7 @@ class Trainer:
 
     def _train_epoch(self, x: torch.Tensor, bar: tqdm) -> dict:
         if self.progress is None:
+            self._refit_periodically(x)
             self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle), reseeded=self._reseed_dead(x))
         progress, start = self.progress, time.perf_counter()
         for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
@@ -492,6 +493,19 @@ class Trainer:
             self.model.eval()
             initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting,
                               fit_variances=self.cfg.init_variances)
+
+    def _refit_periodically(self, x: torch.Tensor) -> None:
+        """With ``refit_every`` = n, as every n-th epoch starts: fit the mixtures of the switched-on
+        facets afresh to the aggregate posterior, as ``refit_at_end`` does, so that the rest of
+        training pulls the encoder towards clusters of the current embedding rather than towards
+        a mixture SGD has left where the earlier one put it."""
+        n = self.cfg.refit_every
+        if not n or self.epoch == 0 or self.epoch % n:
+            return
+        facets = [j for j, w in enumerate(self.schedule.weights(self.position).tolist()) if w > 0]
+        self.model.eval()
+        initialise_priors(self.model, x, "gmm", self.cfg.seed + self.epoch, self.device, facets=facets,
+                          fit_variances=True, draws=True)
 
     def _reseed_dead(self, x: torch.Tensor) -> dict[str, int]:
         """With ``reseed_dead``, as an epoch after the first starts: re-seed the dead clusters of the
