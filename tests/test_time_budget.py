@@ -106,7 +106,8 @@ def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X
         clock.now += 0.5
         real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "initialise_priors", slow_fit)
+    monkeypatch.setattr(estimator_module, "initialise_priors", slow_fit)  # the first fit
+    monkeypatch.setattr(train_module, "initialise_priors", slow_fit)  # the end refit (refit_priors)
     steps, seconds = {}, {}
     for refit in (False, True):
         est = tiny_estimator(epochs=1000, max_seconds=3.0, refit_at_end=refit)

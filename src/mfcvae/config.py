@@ -65,6 +65,12 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def _check_count(name: str, value: object) -> None:
+    """A whole number >= 0 (a seed, a count of epochs); bools are refused though Python counts them as ints."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0):
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
 def _check_positive_ints(name: str, values: tuple, length: int | None = None) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError(f"{name} must hold positive integers, got {values!r}")
@@ -167,27 +173,23 @@ class TrainConfig:
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
         _check_bool("refit_at_end", self.refit_at_end)
-        if not (isinstance(self.refit_every, numbers.Integral) and not isinstance(self.refit_every, bool)
-                and self.refit_every >= 0):
-            raise ValueError(f"refit_every must be a whole number of epochs >= 0 (0: never), got {self.refit_every!r}")
+        _check_count("refit_every", self.refit_every)
         _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("init_variances", self.init_variances)
         if self.compile != "auto" and (isinstance(self.compile, str) or self.compile not in (True, False)):
             raise ValueError(f"compile must be true, false or 'auto', got {self.compile!r}")
         _check_real("fade_fraction", self.fade_fraction)
         _check_real("free_bits", self.free_bits)
-        if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        _check_count("seed", self.seed)
         if self.stage_epochs is not None:
             _check_positive_ints("stage_epochs", self.stage_epochs)
-        if self.fade_steps is not None and not (isinstance(self.fade_steps, int) and self.fade_steps >= 0):
-            raise ValueError(f"fade_steps must be a non-negative integer, got {self.fade_steps!r}")
+        if self.fade_steps is not None:
+            _check_count("fade_steps", self.fade_steps)
         if not 0 <= self.fade_fraction <= 1:
             raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
         _check_choice("init", self.init, INITS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not (isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0):
-            raise ValueError(f"pretrain_epochs must be a non-negative integer, got {self.pretrain_epochs!r}")
+        _check_count("pretrain_epochs", self.pretrain_epochs)
         if not self.free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits!r}")
 

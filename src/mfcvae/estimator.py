@@ -24,7 +24,8 @@ from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, read_safetensors, write_model_dir
-from .train import CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches, recalibrate_batch_norm
+from .train import (CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches, recalibrate_batch_norm,
+                    refit_priors)
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -384,7 +385,7 @@ class MFCVAE(BaseEstimator):
             trainer.run(x, reserve_seconds=fit_seconds if train_cfg.refit_at_end else 0.0)
             recalibrate_batch_norm(model, x, train_cfg.batch_size, device, train_cfg.seed)
             if train_cfg.refit_at_end:
-                initialise_priors(model.eval(), x, "gmm", train_cfg.seed, device, fit_variances=True, draws=True)
+                refit_priors(model.eval(), x, train_cfg.seed, device)
 
         self.model_, self.input_shape_, self.history_ = model.eval(), tuple(x.shape[1:]), trainer.history
         self.n_features_in_ = int(np.prod(self.input_shape_))

@@ -195,6 +195,13 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
             prior.set_means(torch.from_numpy(z[rng.choice(len(z), prior.n_clusters, replace=False)]))
 
 
+def refit_priors(model: MultiFacetVAE, x: torch.Tensor, seed: int, device: torch.device,
+                 facets: list[int] | None = None) -> None:
+    """The refit of ``refit_at_end`` and ``refit_every``: each facet's mixture (means, covariances
+    and learned weights) fitted afresh to one draw from q(z_j|x) per input."""
+    initialise_priors(model, x, "gmm", seed, device, facets=facets, fit_variances=True, draws=True)
+
+
 @torch.no_grad()
 def reseed_dead_clusters(model: MultiFacetVAE, x: torch.Tensor, facets: list[int], rng: np.random.Generator,
                          device: torch.device) -> list[int]:
@@ -503,9 +510,7 @@ class Trainer:
         if not n or self.epoch == 0 or self.epoch % n:
             return
         facets = [j for j, w in enumerate(self.schedule.weights(self.position).tolist()) if w > 0]
-        self.model.eval()
-        initialise_priors(self.model, x, "gmm", self.cfg.seed + self.epoch, self.device, facets=facets,
-                          fit_variances=True, draws=True)
+        refit_priors(self.model.eval(), x, self.cfg.seed + self.epoch, self.device, facets)
 
     def _reseed_dead(self, x: torch.Tensor) -> dict[str, int]:
         """With ``reseed_dead``, as an epoch after the first starts: re-seed the dead clusters of the
