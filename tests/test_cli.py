@@ -13,6 +13,7 @@ import yaml
 
 from mfcvae import MFCVAE
 from mfcvae.cli import main
+from mfcvae.datasets import Dataset, make_tinted
 from mfcvae.serialization import read_safetensors, write_safetensors
 from mfcvae.train import CHECKPOINT_FILE
 
@@ -71,7 +72,7 @@ def test_resume_of_a_checkpoint_older_than_some_parameters(files):
     (without either), not with today's defaults, which the estimator would refuse as a change."""
     assert fit(files, "--set", "reseed_dead=false", "--set", "refit_at_end=false") == 0
     tensors, meta = read_safetensors(files / "run" / CHECKPOINT_FILE)
-    for name in ("reseed_dead", "refit_at_end", "weight_floor"):
+    for name in ("reseed_dead", "refit_at_end", "weight_floor", "refit_every", "lr_decay_start"):
         del meta["estimator"][name]
     write_safetensors(files / "run" / CHECKPOINT_FILE, tensors, meta)
     assert main(["fit", "--out", str(files / "run"), "--data", str(files / "data.npz"), "--resume",
@@ -91,11 +92,29 @@ def test_fit_on_the_built_in_data_with_a_preset_and_overrides(tmp_path, capsys):
 def test_presets_lists_the_named_configurations(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert {line.split()[0] for line in lines} == {"demo", "mnist", "fashion_mnist", "3dshapes_1", "3dshapes_2", "svhn"}
+    assert {line.split()[0] for line in lines} == {"demo", "mnist", "fashion_mnist", "3dshapes_1", "3dshapes_2", "svhn",
+                                                        "two_factors"}
 
 
 FAST = ["--epochs", "2", "--quiet", "--set", "stage_epochs=[1, 1]", "--set", "fade_steps=2", "--set", "batch_size=32",
         "--set", "hidden_dims=[8, 16]", "--device", "cpu"]
+
+
+def test_two_factors_preset_trains_both_facets_together_on_tinted_images(tmp_path, capsys):
+    """`fit --preset two_factors` on a tinted set: K = 10 + 10, full covariances, no progressive
+    schedule, the mixtures refitted at the end; both labels are scored."""
+    rng = np.random.default_rng(0)
+    grey = Dataset((rng.random((200, 1, 28, 28)) * 255).astype(np.uint8), {"label": rng.integers(0, 10, 200)})
+    tinted = make_tinted(grey, seed=0)
+    np.savez(tmp_path / "tinted.npz", x=tinted.x.raw, **tinted.labels)
+    run = tmp_path / "run"
+    assert main(["fit", "--preset", "two_factors", "--data", str(tmp_path / "tinted.npz"), "--out", str(run),
+                 "--epochs", "1", "--quiet", "--set", "hidden_dims=[8, 16]", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "colour" in out and "label" in out
+    model = MFCVAE.load(run, device="cpu")
+    assert model.input_shape_ == (3, 28, 28) and list(model.n_clusters) == [10, 10]
+    assert (model.covariance, model.progressive, model.refit_at_end, model.merge_scale) == ("full", False, True, 1.0)
 
 
 def test_3dshapes_preset_reads_its_configuration_holds_out_a_test_part_and_remembers_its_data(tmp_path, capsys):

@@ -404,15 +404,16 @@ def test_paper_presets_pin_the_paper_recipe_where_the_defaults_go_beyond_it(name
     est = MFCVAE(**load_preset(name))
     assert est.precision == "float32" and est.batch_size == (512 if "mnist" in name else 150)
     assert (est.pretrain_epochs, est.refit_on_stage, est.init_variances, est.free_bits, est.lr_schedule,
-            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end, est.refit_every) == (
-        0, False, False, 0.0, "constant", None, "exact", False, 0.0, False, 0)
+            est.merge_scale, est.posterior, est.reseed_dead, est.weight_floor, est.refit_at_end, est.refit_every,
+            est.lr_decay_start) == (0, False, False, 0.0, "constant", None, "exact", False, 0.0, False, 0, 0.0)
 
 
 @pytest.mark.parametrize("name", sorted(list_presets()))
 def test_every_preset_pins_progressive_training(name):
-    """The presets keep the paper's progressive schedule whatever the estimator's default: the
-    key is in the file, not inherited (checking ``est.progressive`` would pass on the default)."""
-    assert load_preset(name).get("progressive") is True
+    """The paper's presets keep its progressive schedule whatever the estimator's default, and
+    two_factors trains its facets together: the key is in the file, not inherited (checking
+    ``est.progressive`` would pass on the default)."""
+    assert load_preset(name).get("progressive") is (name != "two_factors")
 
 
 def test_load_missing_folder_raises_file_not_found(tmp_path):
@@ -547,7 +548,7 @@ def _interrupt(monkeypatch, *, at_epoch: int, at_batch: int | None = None):
 
 @pytest.mark.parametrize("extra", [{}, dict(refit_on_stage=True, free_bits=1.0, pretrain_epochs=1, init_variances=True,
                                             lr_schedule="cosine", reseed_dead=False, weight_floor=0.3,
-                                            refit_at_end=False, refit_every=2)],
+                                            refit_at_end=False, refit_every=2, lr_decay_start=0.5)],
                          ids=["defaults", "other-options"])
 def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_estimator, X, tmp_path, monkeypatch,
                                                                        extra):
@@ -686,6 +687,7 @@ BAD_PARAMS = {
     "refit_at_end not a bool": (dict(refit_at_end="yes"), "refit_at_end"),
     "refit_every negative": (dict(refit_every=-1), "refit_every"),
     "refit_every fractional": (dict(refit_every=2.5), "refit_every"),
+    "lr_decay_start of 1": (dict(lr_decay_start=1.0), "lr_decay_start"),
     "lr a string": (dict(lr="1e-3"), "lr must be a number"),
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
     "precision": (dict(precision="float16"), "precision"),
@@ -706,6 +708,20 @@ def test_fit_rejects_devices_other_than_cpu_and_cuda(tiny_estimator, X, device):
     up front with a ValueError naming the device, not deep inside training."""
     with pytest.raises(ValueError, match="device"):
         tiny_estimator(device=device, epochs=1).fit(X[:20])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_full_covariances_train_save_load_and_predict_on_a_cuda_gpu(tiny_estimator, X, tmp_path):
+    """The CUDA path of the default's full covariances (Cholesky factors on the GPU), through the
+    public API; CI has no GPU, so this runs where one is (its code ran as a script on an H200)."""
+    est = tiny_estimator(device="cuda", covariance="full", epochs=3).fit(X)
+    assert next(est.model_.parameters()).device.type == "cuda"
+    proba = est.predict_proba(X[:64])
+    est.save(tmp_path / "m")
+    again = MFCVAE.load(tmp_path / "m", device="cuda").predict_proba(X[:64])
+    assert all(np.allclose(a, b, atol=1e-5) and np.allclose(a.sum(1), 1, atol=1e-4) for a, b in zip(proba, again))
+    assert est.compose(X[:4], X[4:8], facet=1).shape == X[:4].shape
+    assert np.isfinite(est.sample(8, facet=0, cluster=1)).all()
 
 
 def test_bad_parameters_fail_before_training(tiny_estimator, X, monkeypatch):

@@ -3,6 +3,8 @@ validation of stage_epochs."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -123,7 +125,8 @@ def test_stage_epochs_of_another_run_length_are_stretched_with_the_fade():
 
 @pytest.mark.parametrize("kw", [dict(stage_epochs=(0, 10)), dict(fade_steps=-1), dict(fade_fraction=1.5),
                                 dict(epochs=0), dict(lr=0.0), dict(init="kmeans"),
-                                dict(lr_schedule="linear")])
+                                dict(lr_schedule="linear"), dict(lr_decay_start=1.0), dict(lr_decay_start=-0.1),
+                                dict(lr_decay_start="0.8")])
 def test_train_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):
         cfg(**kw)
@@ -137,3 +140,15 @@ def test_learning_rate_is_constant_or_a_cosine_over_the_run():
     assert learning_rate(cosine, 50, 100) == pytest.approx(5e-4)
     assert learning_rate(cosine, 100, 100) == pytest.approx(0.0, abs=1e-12)
     assert all(learning_rate(cosine, s, 100) >= learning_rate(cosine, s + 1, 100) for s in range(100))
+
+
+def test_a_late_cosine_holds_lr_until_its_start_then_falls_to_zero():
+    """lr_decay_start=0.8: lr over the first 80 % of the run, then half a cosine over the rest
+    (lr/2 half-way through it, 0 at the end); with the constant schedule it changes nothing."""
+    late = cfg(lr=1e-3, lr_schedule="cosine", lr_decay_start=0.8)
+    assert [learning_rate(late, s, 100) for s in (0, 40, 80)] == [1e-3] * 3
+    assert learning_rate(late, 81, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.05)))
+    assert learning_rate(late, 90, 100) == pytest.approx(5e-4)
+    assert learning_rate(late, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    assert all(learning_rate(late, s, 100) >= learning_rate(late, s + 1, 100) for s in range(100))
+    assert learning_rate(cfg(lr=1e-3, lr_decay_start=0.8), 90, 100) == 1e-3

@@ -146,6 +146,7 @@ class TrainConfig:
     batch_size: int
     lr: float
     lr_schedule: str = "constant"
+    lr_decay_start: float = 0.0
     progressive: bool = True
     stage_epochs: tuple[int, ...] | None = None
     fade_steps: int | None = None
@@ -189,6 +190,9 @@ class TrainConfig:
             raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
         _check_choice("init", self.init, INITS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_real("lr_decay_start", self.lr_decay_start)
+        if not 0 <= self.lr_decay_start < 1:
+            raise ValueError(f"lr_decay_start must be in [0, 1), got {self.lr_decay_start!r}")
         _check_count("pretrain_epochs", self.pretrain_epochs)
         if not self.free_bits >= 0:
             raise ValueError(f"free_bits must be >= 0, got {self.free_bits!r}")

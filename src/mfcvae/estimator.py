@@ -34,7 +34,8 @@ PREDICT_BATCH = 2048
 RESUMABLE_CHANGES = {"epochs", "verbose", "device", "compile"}
 # Parameters added after models and checkpoints were first saved, with the value that describes
 # how a file without them was trained (today's default may differ).
-BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False, "refit_at_end": False, "refit_every": 0}
+BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False, "refit_at_end": False, "refit_every": 0,
+                      "lr_decay_start": 0.0}
 
 
 def as_trained(saved_params: dict) -> dict:
@@ -161,6 +162,10 @@ class MFCVAE(BaseEstimator):
         (``precision_`` says which; a saved model and a resumed run keep it).
     epochs, batch_size, lr : Adam optimisation (the paper: batch 512; 128 buys four times the
         steps per epoch, which pays off under a time budget).
+    lr_schedule : "constant" (default, the paper's) or "cosine": lr falls to 0 along half a
+        cosine, over the run's planned length (with ``max_seconds``, its time).
+    lr_decay_start : with "cosine", the share of the run trained at ``lr`` before the decay
+        starts (0, the default: from the first step; 0.8: over the last fifth only).
     progressive : train facets one at a time, top first, each faded in (else all at once).
     stage_epochs : epochs per stage; default: equal stages. With a sum other than ``epochs``
         the schedule (fade_steps included) is stretched or squeezed to the run's length, so
@@ -234,6 +239,7 @@ class MFCVAE(BaseEstimator):
         batch_size: int = 128,
         lr: float = 5e-4,
         lr_schedule: str = "constant",
+        lr_decay_start: float = 0.0,
         progressive: bool = True,
         stage_epochs: tuple[int, ...] | None = None,
         fade_steps: int | None = None,
@@ -270,6 +276,7 @@ class MFCVAE(BaseEstimator):
         self.batch_size = batch_size
         self.lr = lr
         self.lr_schedule = lr_schedule
+        self.lr_decay_start = lr_decay_start
         self.progressive = progressive
         self.stage_epochs = stage_epochs
         self.fade_steps = fade_steps
@@ -331,6 +338,7 @@ class MFCVAE(BaseEstimator):
         stage_epochs = None if self.stage_epochs is None else _as_tuple("stage_epochs", self.stage_epochs)
         return TrainConfig(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, lr_schedule=self.lr_schedule,
+            lr_decay_start=self.lr_decay_start,
             progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
             fade_fraction=self.fade_fraction, init=self.init, init_variances=self.init_variances,
             pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,

@@ -148,11 +148,13 @@ def adam(model: nn.Module, lr: float) -> torch.optim.Adam:
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
     """The step size of mini-batch ``step`` of ``total_steps``: ``cfg.lr`` throughout (the paper's),
-    or with ``cosine`` falling from ``cfg.lr`` to 0 over the run. A function of the step alone, so a
-    resumed run continues it exactly."""
-    if cfg.lr_schedule == "constant":
+    or with ``cosine`` falling from ``cfg.lr`` to 0 along half a cosine, which starts once the share
+    ``cfg.lr_decay_start`` of the run is done (0: from the first step). A function of the step
+    alone, so a resumed run continues it exactly."""
+    done = min(step / total_steps, 1.0)
+    if cfg.lr_schedule == "constant" or done <= cfg.lr_decay_start:
         return cfg.lr
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (done - cfg.lr_decay_start) / (1 - cfg.lr_decay_start)))
 
 
 @torch.no_grad()
