@@ -69,7 +69,8 @@ def test_resume_continues_with_more_epochs_and_overwrite_starts_over(files):
 
 def test_resume_of_a_checkpoint_older_than_some_parameters(files):
     """A checkpoint written before reseed_dead and refit_at_end existed resumes as it was trained
-    (without either), not with today's defaults, which the estimator would refuse as a change."""
+    (without either), not with today's defaults, which the estimator would refuse as a change;
+    one without the later keys (whose old values are today's defaults) resumes too."""
     assert fit(files, "--set", "reseed_dead=false", "--set", "refit_at_end=false") == 0
     tensors, meta = read_safetensors(files / "run" / CHECKPOINT_FILE)
     for name in ("reseed_dead", "refit_at_end", "weight_floor", "refit_every", "lr_decay_start"):

@@ -503,6 +503,10 @@ class Trainer:
             initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting,
                               fit_variances=self.cfg.init_variances)
 
+    def _switched_on(self) -> list[int]:
+        """The facets the progressive schedule has switched on (weight > 0) at this point of the run."""
+        return [j for j, w in enumerate(self.schedule.weights(self.position).tolist()) if w > 0]
+
     def _refit_periodically(self, x: torch.Tensor) -> None:
         """With ``refit_every`` = n, as every n-th epoch starts: fit the mixtures of the switched-on
         facets afresh to the aggregate posterior, as ``refit_at_end`` does, so that the rest of
@@ -511,8 +515,7 @@ class Trainer:
         n = self.cfg.refit_every
         if not n or self.epoch == 0 or self.epoch % n:
             return
-        facets = [j for j, w in enumerate(self.schedule.weights(self.position).tolist()) if w > 0]
-        refit_priors(self.model.eval(), x, self.cfg.seed + self.epoch, self.device, facets)
+        refit_priors(self.model.eval(), x, self.cfg.seed + self.epoch, self.device, self._switched_on())
 
     def _reseed_dead(self, x: torch.Tensor) -> dict[str, int]:
         """With ``reseed_dead``, as an epoch after the first starts: re-seed the dead clusters of the
@@ -521,9 +524,8 @@ class Trainer:
         run resumed with more epochs re-seeds where a straight run would."""
         if not self.cfg.reseed_dead:
             return {}
-        weights = self.schedule.weights(self.position).tolist()
-        facets = [j for j, w in enumerate(weights) if w > 0] if self.epoch > 0 else []
-        counts = dict.fromkeys(range(len(weights)), 0)
+        facets = self._switched_on() if self.epoch > 0 else []
+        counts = dict.fromkeys(range(self.model.n_facets), 0)
         if facets:
             self.model.eval()
             rng = np.random.default_rng([self.cfg.seed, self.epoch])
