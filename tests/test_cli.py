@@ -133,8 +133,8 @@ def test_3dshapes_preset_reads_its_configuration_holds_out_a_test_part_and_remem
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert set(evaluation) == {"train", "test"}
 
-    # on the CPU, where fit evaluated: on a GPU (an H200, convolutions in TF32 by PyTorch's default)
-    # one near-tied example of 32 changed cluster
+    # on the CPU, where fit evaluated: evaluated on an H200, one near-tied example of 32 changed
+    # cluster (a GPU rounds otherwise)
     assert main(["evaluate", str(run), "--part", "test", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text()) == evaluation["test"]
     assert main(["predict", str(run), "--out", str(tmp_path / "all.csv")]) == 0
