@@ -713,7 +713,7 @@ def test_fit_rejects_devices_other_than_cpu_and_cuda(tiny_estimator, X, device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_full_covariances_train_save_load_and_predict_on_a_cuda_gpu(tiny_estimator, X, tmp_path):
     """The CUDA path of the default's full covariances (Cholesky factors on the GPU), through the
-    public API; CI has no GPU, so this runs where one is (its code ran as a script on an H200)."""
+    public API; CI has no GPU, so this runs where one is (it passed on an H200, torch 2.11)."""
     est = tiny_estimator(device="cuda", covariance="full", epochs=3).fit(X)
     assert next(est.model_.parameters()).device.type == "cuda"
     proba = est.predict_proba(X[:64])
