@@ -4,6 +4,7 @@ persistence, checkpoint/resume and the input validation at its public boundary."
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import signal
 import warnings
@@ -16,7 +17,7 @@ from sklearn.exceptions import NotFittedError
 
 from mfcvae import MFCVAE, list_presets, load_preset
 from mfcvae import train as train_module
-from mfcvae.estimator import resolve_precision, warn_if_emulated
+from mfcvae.estimator import BEFORE_THEY_EXISTED, resolve_precision, warn_if_emulated
 from mfcvae.model import MultiFacetVAE
 from mfcvae.serialization import read_safetensors, write_safetensors
 from mfcvae.train import CHECKPOINT_FILE, METRICS_FILE, initialise_priors
@@ -380,6 +381,35 @@ def test_a_model_saved_before_precision_existed_loads_in_float32(fitted, tmp_pat
     config_file.write_text(json.dumps(config))
     _cpu_has_bf16(monkeypatch, True)
     assert MFCVAE.load(tmp_path / "model", device="cpu").precision_ == "float32"
+
+
+# The estimator's parameters when models were first saved (commit 9e34ae0, format version 1).
+FIRST_SAVED_PARAMETERS = {"n_clusters", "latent_dims", "hidden_dims", "covariance", "learn_weights", "likelihood",
+                          "likelihood_scale", "posterior", "architecture", "epochs", "batch_size", "lr", "progressive",
+                          "stage_epochs", "fade_steps", "fade_fraction", "init", "pretrain_epochs", "refit_on_stage",
+                          "free_bits", "seed", "device", "verbose"}
+# Added later without a BEFORE_THEY_EXISTED entry, and why a file without them still loads as trained.
+ADDED_WITHOUT_AN_ENTRY = {
+    "activation": "came with the conv ladder; None resolves to the MLP's relu, as files before it were trained",
+    "batch_norm": "came with the conv ladder; None resolves to no batch norm in the MLP, as before it",
+    "merge_scale": "None resolves to the scale each ladder had before the option (0.1 MLP, 1 conv)",
+    "precision": "the file's own top-level record, else float32 (test above)",
+    "init_variances": "its default, False, is how files without it were trained",
+    "lr_schedule": "its default, constant, is how files without it were trained",
+    "max_seconds": "its default, no deadline, is how files without it were trained",
+    "compile": "a resumable change: it moves arithmetic order, not what is learned",
+}
+
+
+def test_every_parameter_added_since_the_first_saved_files_says_how_those_files_were_trained():
+    """A new estimator parameter fails this test until it is given the value old files were trained
+    with (BEFORE_THEY_EXISTED) or a reason here why today's default already describes them: a
+    default that later changes would otherwise be read into files that predate the parameter."""
+    added = set(inspect.signature(MFCVAE).parameters) - FIRST_SAVED_PARAMETERS
+    assert added == set(BEFORE_THEY_EXISTED) | set(ADDED_WITHOUT_AN_ENTRY)
+    assert not set(BEFORE_THEY_EXISTED) & set(ADDED_WITHOUT_AN_ENTRY)
+    defaults = {name: p.default for name, p in inspect.signature(MFCVAE).parameters.items()}
+    assert (defaults["init_variances"], defaults["lr_schedule"], defaults["max_seconds"]) == (False, "constant", None)
 
 
 def test_reseed_dead_logs_its_work_per_epoch(tiny_estimator, X):
