@@ -205,6 +205,34 @@ def test_fit_refuses_to_overwrite_a_run_without_being_asked(files, capsys):
     assert (files / "run" / CHECKPOINT_FILE).read_bytes() == before
 
 
+def test_overwrite_with_a_wrong_value_leaves_the_run_folder_as_it_was(files, capsys):
+    """The parameters are checked before --overwrite clears anything: the old model, its data
+    record and its evaluation stay together."""
+    assert fit(files) == 0
+    run = files / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert fit(files, "--overwrite", "--set", "lr_schedule=wavy") == 2
+    assert "lr_schedule" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_overwrite_clears_the_old_run_before_training(files, monkeypatch, capsys):
+    """Once --overwrite starts, no file of the old run is left beside the new data record (an
+    interrupted start would otherwise leave the old model to be scored on the new data)."""
+    assert fit(files) == 0
+    monkeypatch.setattr(MFCVAE, "fit", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert fit(files, "--overwrite") == 130
+    assert sorted(p.name for p in (files / "run").iterdir()) == ["data.json"]
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_an_out_path_that_is_a_file_is_an_error_not_a_traceback(files, capsys):
+    (files / "taken").write_text("not a folder")
+    assert main(["fit", "--config", str(files / "tiny.yaml"), "--data", str(files / "data.npz"),
+                 "--out", str(files / "taken"), "--quiet"]) == 2
+    assert "taken" in capsys.readouterr().err
+
+
 def test_model_commands_report_a_missing_model(files, capsys):
     assert main(["sample", str(files / "nothing"), "--out", str(files / "g.png")]) == 2
     assert "nothing" in capsys.readouterr().err

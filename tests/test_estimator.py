@@ -775,12 +775,35 @@ def test_predict_rejects_nan_and_strings(fitted, X):
         fitted.predict(np.full((2, 3, 8, 8), "x"))
 
 
-def test_predict_requires_the_unit_interval_of_a_bernoulli_model(fitted, X, tiny_estimator):
-    """0..255 floats given to a Bernoulli model are a mistake at predict time as at fit time."""
-    with pytest.raises(ValueError, match=r"Bernoulli likelihood needs \[0, 1\]"):
+def test_parameters_given_as_numpy_values_checkpoint_save_and_load(tiny_estimator, X, tmp_path):
+    """A seed from np.arange or cluster counts in an array reach the JSON of the checkpoint and of
+    config.json as plain numbers, instead of failing there after an epoch of training."""
+    est = tiny_estimator(epochs=1, seed=np.int64(3), n_clusters=np.array([4, 3]), lr=np.float32(1e-3))
+    est.fit(X, run_dir=tmp_path / "run")
+    assert read_safetensors(tmp_path / "run" / CHECKPOINT_FILE)[1]["estimator"]["n_clusters"] == [4, 3]
+    loaded = MFCVAE.load(tmp_path / "run", device="cpu")
+    assert (loaded.seed, tuple(loaded.n_clusters)) == (3, (4, 3))
+    tiny_estimator(epochs=2, seed=np.int64(3), n_clusters=np.array([4, 3]), lr=np.float32(1e-3)).fit(
+        X, run_dir=tmp_path / "run", resume=True)
+
+
+def test_a_run_dir_that_is_a_file_is_refused_before_training(tiny_estimator, X, tmp_path, monkeypatch):
+    (tmp_path / "taken").write_text("not a folder")
+    monkeypatch.setattr(train_module.Trainer, "run", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        tiny_estimator().fit(X, run_dir=tmp_path / "taken")
+
+
+def test_values_outside_the_unit_interval_are_refused_whichever_the_likelihood(fitted, X, tiny_estimator):
+    """0..255 floats are a mistake at predict time as at fit time; a Gaussian model's mean is a
+    sigmoid too, so standardised feature vectors are refused before training, with a hint."""
+    with pytest.raises(ValueError, match=r"needs \[0, 1\].*divide by 255"):
         fitted.predict(X[:4] * 255)
+    with pytest.raises(ValueError, match=r"but the model needs \[0, 1\].*scale each feature"):
+        tiny_estimator(likelihood="gaussian", epochs=1).fit(X * 2 - 1)
     gaussian = tiny_estimator(likelihood="gaussian", epochs=1).fit(X)
-    assert gaussian.predict(X[:4] * 2).shape == (4, 2)
+    with pytest.raises(ValueError, match=r"needs \[0, 1\]"):
+        gaussian.predict(X[:4] * 2)
 
 
 def test_arrays_and_datasets_mix_freely(tiny_estimator):

@@ -87,6 +87,9 @@ def test_checkpoint_keeps_the_budget_and_a_spent_run_resumes_to_nothing(tiny_est
     assert meta["elapsed"] >= meta["loop_budget"]
     again = tiny_estimator(epochs=1000, max_seconds=1.0).fit(X, run_dir=run, resume=True)
     assert again.history_ == est.history_
+    # more epochs would change nothing but the schedule's arithmetic (progress is time spent): refused
+    with pytest.raises(ValueError, match=r"epochs cannot change on resume of a run with a time budget.*epochs=1000"):
+        tiny_estimator(epochs=2000, max_seconds=1.0).fit(X, run_dir=run, resume=True)
 
 
 @pytest.mark.parametrize("value", [0, -5.0, float("nan"), float("inf"), "10"])

@@ -38,3 +38,32 @@ def test_batch_norm_statistics_are_recalibrated_after_training(tiny_estimator):
         features = conv(torch.from_numpy(x))  # every example falls in one of the 3 batches used
     torch.testing.assert_close(norm.running_mean, features.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
     assert norm.momentum == 0.1 and not model.model_.training
+
+
+def test_re_seeding_in_the_middle_of_training_sees_batch_norm_statistics_of_the_current_weights(
+        tiny_estimator, monkeypatch):
+    """reseed_dead (and the refits between epochs) judge clusters in eval mode: the running
+    statistics are first re-estimated for the weights as they are, so that at that moment the
+    first layer's running mean is the plain average of its inputs, not a momentum-lagged one."""
+    import numpy as np
+    import torch
+
+    from mfcvae import train as train_module
+
+    x = np.random.default_rng(0).random((96, 3, 16, 16), dtype=np.float32)
+    seen = []
+    original = train_module.reseed_dead_clusters
+
+    def checking(model, *args, **kwargs):
+        conv, norm = model.encoder.blocks[0][0], model.encoder.blocks[0][1]
+        with torch.no_grad():
+            seen.append((norm.running_mean.clone(), conv(torch.from_numpy(x)).mean((0, 2, 3)), model.training))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "reseed_dead_clusters", checking)
+    tiny_estimator(architecture="conv", hidden_dims=(4, 8), batch_size=32, epochs=3, reseed_dead=True,
+                   progressive=False).fit(x)
+    assert len(seen) == 2  # as epochs 2 and 3 start
+    for running, plain, training in seen:
+        torch.testing.assert_close(running, plain, atol=1e-5, rtol=1e-4)
+        assert not training

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load
                        make_shapes, reader_for, reader_options)
 from .estimator import MFCVAE, as_trained
 from .metrics import format_table
-from .train import CHECKPOINT_FILE, read_checkpoint_metadata
+from .serialization import CONFIG_FILE, MODEL_FILE
+from .train import CHECKPOINT_FILE, METRICS_FILE, read_checkpoint_metadata
 
 DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
@@ -36,7 +38,10 @@ DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz
 DATA_FILE = "data.json"  # in a run folder: which data the run was fitted on, and how it was read
 ALL_READER_OPTIONS = {o for r in (load_mnist, load_idx, load_svhn, load_3dshapes, load_arrays, load_image_folder)
                       for o in reader_options(r)}
-STALE_OUTPUTS = ("evaluation.json", "report.html", "report_*.png")  # removed by fit --overwrite
+# What a fresh fit removes from its run folder (after --overwrite): an older run's files would not
+# describe the new run, and an old model beside the new data.json would be scored on the wrong data.
+STALE_OUTPUTS = ("evaluation.json", "report.html", "report_*.png", MODEL_FILE, CONFIG_FILE, CHECKPOINT_FILE,
+                 METRICS_FILE)
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
@@ -133,8 +138,9 @@ def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
 def cmd_fit(args: argparse.Namespace) -> int:
     params, preset_options = build_params(args)
     out = Path(args.out)
-    if not args.resume and not args.overwrite and (out / CHECKPOINT_FILE).exists():
-        raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
+    if not args.resume and not args.overwrite and ((out / CHECKPOINT_FILE).exists() or (out / MODEL_FILE).exists()):
+        raise ValueError(f"{out} already holds a run or model: pass --resume to continue it or --overwrite to "
+                         "start over")
     if args.resume:
         spec, options = data_source(args, out)
     else:
@@ -152,16 +158,20 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"data: {data!r}" + (f"; {len(parts['test'])} held out for testing" if test_fraction else ""))
 
     model = MFCVAE(**params)
+    model._validate_params(parts["train"].shape)  # a wrong value fails before the run folder is touched
     if not args.resume:  # record the data, so that --resume and the model commands find it again
         out.mkdir(parents=True, exist_ok=True)
-        for pattern in STALE_OUTPUTS:  # an older run's results would not describe this one
+        for pattern in STALE_OUTPUTS:
             for stale in out.glob(pattern):
                 stale.unlink()
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
         (out / DATA_FILE).write_text(json.dumps(record, indent=2))
     try:
         model.fit(parts["train"], run_dir=out, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: mfcvae fit --out {out} --resume", file=sys.stderr)
+        hint = f"continue with: mfcvae fit --out {out} --resume" if (out / CHECKPOINT_FILE).exists() else \
+            "stopped before the first checkpoint: nothing to resume"
+        print(f"\ninterrupted; {hint}", file=sys.stderr)
         return 130
     print(f"model written to {out} (networks in {model.precision_})")
     if data.labels:
@@ -334,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError, FloatingPointError) as err:  # OSError: unreadable or unwritable paths
         print(f"mfcvae {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,12 +7,14 @@ work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from .ladder import PAPER_MERGE_SCALE
@@ -78,6 +80,15 @@ def _check_positive_ints(name: str, values: tuple, length: int | None = None) ->
         raise ValueError(f"{name} needs one entry per facet ({length}), got {len(values)}: {values!r}")
 
 
+def _numpy_scalars_to_python(config: object) -> None:
+    """A frozen config's numpy scalars (a seed from np.arange, a rate read from an array) as Python
+    numbers, so that they pass the checks below and reach torch and JSON as the numbers they are."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, np.generic):
+            object.__setattr__(config, field.name, value.item())
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The network: one entry per facet in n_clusters, latent_dims and hidden_dims (the
@@ -100,6 +111,7 @@ class ModelConfig:
     precision: str = "float32"  # the networks' arithmetic; the probability terms stay float32
 
     def __post_init__(self) -> None:
+        _numpy_scalars_to_python(self)
         if len(self.n_clusters) == 0:
             raise ValueError("n_clusters must name at least one facet")
         _check_positive_ints("n_clusters", self.n_clusters)
@@ -164,6 +176,7 @@ class TrainConfig:
     compile: bool | str = False
 
     def __post_init__(self) -> None:
+        _numpy_scalars_to_python(self)
         _check_positive_ints("epochs", (self.epochs,))
         if self.max_seconds is not None:
             _check_real("max_seconds", self.max_seconds, 0, low_open=True)
@@ -213,11 +226,6 @@ def preset_path(name: str) -> Path:
 def load_preset(name: str) -> dict:
     """The estimator parameters of a named preset (without its description and data options)."""
     return read_config(preset_path(name))[0]
-
-
-def load_config(path: str | Path) -> dict:
-    """Estimator parameters from a YAML file (a mapping of parameter name -> value)."""
-    return read_config(path)[0]
 
 
 def read_config(path: str | Path) -> tuple[dict, dict]:

@@ -142,7 +142,8 @@ class MFCVAE(BaseEstimator):
     weight_floor : share of each facet's prior mass spread evenly over its clusters, so that
         pi_jk >= weight_floor / K_j: a cluster cannot die by its weight shrinking to zero
         (0 = the paper's; 1 = uniform weights; beyond the paper).
-    likelihood : "bernoulli" (inputs in [0, 1]) or "gaussian" with std ``likelihood_scale``.
+    likelihood : "bernoulli" or "gaussian" with std ``likelihood_scale``; both take inputs in
+        [0, 1] (their means are sigmoids), so scale feature vectors into it.
     posterior : "exact" (closed-form optimal q(c|x)) or "mc" (the paper code's one-sample estimate).
     architecture : "mlp", "conv" or "auto" (conv for colour images, (3, H, W) with H and W
         divisible by 2^J and >= 4 * 2^J; MLP for everything else).
@@ -347,6 +348,13 @@ class MFCVAE(BaseEstimator):
             max_seconds=self.max_seconds, seed=self.seed, compile=self.compile,
         )
 
+    def _validate_params(self, input_shape: tuple[int, ...]) -> None:
+        """Check every parameter, and the device, for inputs of this shape as ``fit`` would, without
+        training: for callers (the CLI) that must not touch a run folder when a value is wrong."""
+        device = resolve_device(self.device)
+        self._model_config(tuple(input_shape), resolve_precision(self.precision, device))
+        self._train_config()
+
     # --- training ------------------------------------------------------------------
     def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False) -> "MFCVAE":
         """Train on X ((N, D), (N, H, W) or (N, C, H, W)); ``y`` is ignored (unsupervised).
@@ -359,10 +367,12 @@ class MFCVAE(BaseEstimator):
         started = time.perf_counter()  # a max_seconds budget counts from here
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
-        x = as_tensor(X, unit_interval=self.likelihood == "bernoulli")
+        x = as_tensor(X)
         device = resolve_device(self.device)
         if resume and run_dir is None:
             raise ValueError("resume=True needs the run_dir holding the checkpoint")
+        if run_dir is not None and Path(run_dir).exists() and not Path(run_dir).is_dir():
+            raise ValueError(f"run_dir {run_dir} exists and is not a folder")
         checkpoint = Path(run_dir) / CHECKPOINT_FILE if run_dir is not None else None
         # a resumed run keeps the arithmetic it started in, whatever "auto" picks here
         precision = self._check_resumable(checkpoint) if resume else resolve_precision(self.precision, device)
@@ -377,7 +387,7 @@ class MFCVAE(BaseEstimator):
                 if resume:  # the checkpoint's schedule replaces the one built here: no warnings about it
                     warnings.simplefilter("ignore", UserWarning)
                 trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose,
-                                  metadata=self.get_params(), data_id=data_fingerprint(x), started=started)
+                                  metadata=_jsonable(self.get_params()), data_id=data_fingerprint(x), started=started)
             fit_seconds = 0.0  # how long a mixture fit takes here: kept back for refit_at_end
             if resume:
                 trainer.load_checkpoint(checkpoint)
@@ -420,7 +430,7 @@ class MFCVAE(BaseEstimator):
 
     def _inputs(self, X, name: str = "X") -> torch.Tensor:
         self._check_fitted()
-        return as_tensor(X, name=name, input_shape=self.input_shape_, unit_interval=self.likelihood == "bernoulli")
+        return as_tensor(X, name=name, input_shape=self.input_shape_)
 
     @property
     def _device(self) -> torch.device:
@@ -559,10 +569,11 @@ def _as_tuple(name: str, value) -> tuple:
 
 
 def _jsonable(value):
-    """Tuples -> lists, numpy scalars -> Python, recursively (for config.json and comparisons)."""
+    """Tuples and numpy arrays -> lists, numpy scalars -> Python, recursively (for the JSON of
+    config.json and checkpoints, and for comparisons): parameters may be given as numpy values."""
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()

@@ -33,11 +33,12 @@ class Bernoulli:
 class Gaussian:
     """Gaussian with a fixed standard deviation ``scale``, normalising constant included.
 
-    With ``bounded`` the decoder output goes through a sigmoid first, for data in [0, 1].
+    Its mean is the decoder output through a sigmoid (the paper's SVHN and 3DShapes models),
+    so, as with the Bernoulli, the data must lie in [0, 1].
     """
 
-    def __init__(self, scale: float, bounded: bool = True):
-        self.scale, self.bounded = scale, bounded
+    def __init__(self, scale: float):
+        self.scale = scale
 
     def log_prob(self, output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         resid = (x - self.mean(output)) / self.scale
@@ -45,4 +46,4 @@ class Gaussian:
         return log_density.flatten(1).sum(1)
 
     def mean(self, output: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(output) if self.bounded else output
+        return torch.sigmoid(output)

@@ -50,21 +50,13 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ValueError(f"cannot read {path}: not a valid mfcvae safetensors file ({err})") from err
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def write_model_dir(path: Path, state_dict: dict[str, torch.Tensor], config: dict) -> None:
-    """Write ``path/model.safetensors`` and ``path/config.json`` as one unit.
+    """Write ``path/model.safetensors`` and ``path/config.json``.
 
-    Both files are written into a fresh sibling folder; only when both are complete does
-    it take the place of ``path``, so an existing model is never left half-overwritten.
-    Other files in an existing ``path`` (a run's logs, checkpoints) are kept.
+    Both files are written completely into a fresh sibling folder first and only then renamed
+    into ``path``, so a failed write (a full disk, an unserialisable value, Ctrl-C) leaves an
+    existing model as it was; only a crash between the two renames could pair a new file with
+    an old one. Other files in an existing ``path`` (a run's logs, checkpoints) are kept.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():

@@ -499,9 +499,16 @@ class Trainer:
         starting = [self.schedule.facet_of_stage(s) for s in range(self.stage_reached + 1, stage + 1)]
         self.stage_reached = stage
         if starting:
-            self.model.eval()
+            self._eval_mode(x)
             initialise_priors(self.model, x, self.cfg.init, self.cfg.seed, self.device, facets=starting,
                               fit_variances=self.cfg.init_variances)
+
+    def _eval_mode(self, x: torch.Tensor) -> MultiFacetVAE:
+        """The model in eval mode for a pass over the data in the middle of training (a refit, a
+        re-seeding), its batch-norm statistics first re-estimated for the current weights: the
+        running ones trail the weights and move the eval-mode clusters of some inputs."""
+        recalibrate_batch_norm(self.model, x, self.cfg.batch_size, self.device, self.cfg.seed + self.epoch)
+        return self.model.eval()
 
     def _switched_on(self) -> list[int]:
         """The facets the progressive schedule has switched on (weight > 0) at this point of the run."""
@@ -515,7 +522,7 @@ class Trainer:
         n = self.cfg.refit_every
         if not n or self.epoch == 0 or self.epoch % n:
             return
-        refit_priors(self.model.eval(), x, self.cfg.seed + self.epoch, self.device, self._switched_on())
+        refit_priors(self._eval_mode(x), x, self.cfg.seed + self.epoch, self.device, self._switched_on())
 
     def _reseed_dead(self, x: torch.Tensor) -> dict[str, int]:
         """With ``reseed_dead``, as an epoch after the first starts: re-seed the dead clusters of the
@@ -527,7 +534,7 @@ class Trainer:
         facets = self._switched_on() if self.epoch > 0 else []
         counts = dict.fromkeys(range(self.model.n_facets), 0)
         if facets:
-            self.model.eval()
+            self._eval_mode(x)
             rng = np.random.default_rng([self.cfg.seed, self.epoch])
             counts.update(zip(facets, reseed_dead_clusters(self.model, x, facets, rng, self.device)))
         return {f"reseeded_{j}": n for j, n in counts.items()}
@@ -607,6 +614,11 @@ class Trainer:
         self.loop_budget = meta.get("loop_budget")
         if self.cfg.epochs < self.epoch:
             raise ValueError(f"epochs={self.cfg.epochs} is fewer than the {self.epoch} the checkpoint has done")
+        trained_for = meta["estimator"]["epochs"]
+        if self.loop_budget is not None and self.cfg.epochs != trained_for:
+            raise ValueError(f"epochs cannot change on resume of a run with a time budget (max_seconds="
+                             f"{self.cfg.max_seconds:g}): its progress is the share of the time spent, not of the "
+                             f"epochs; resume with epochs={trained_for}")
         last_start = self.schedule.stage_starts[-1]
         if self.schedule.enabled and last_start >= self.cfg.epochs * self.steps_per_epoch:
             raise ValueError(f"epochs={self.cfg.epochs} ends before this run's last stage starts "

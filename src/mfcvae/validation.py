@@ -17,14 +17,14 @@ def check_inputs(
     *,
     name: str = "X",
     input_shape: tuple[int, ...] | None = None,
-    unit_interval: bool = False,
 ) -> np.ndarray:
     """Return X as a float32 array of shape (N, D), (N, H, W) or (N, C, H, W).
 
     uint8 inputs are images: read as value / 255, as a Dataset reads them.
     ``input_shape``: the per-example shape X must have (a fitted model's); (H, W) and
     (1, H, W) count as the same shape, and X is reshaped to the model's.
-    ``unit_interval``: require values in [0, 1] (the Bernoulli likelihood).
+    Values must lie in [0, 1]: both likelihoods' means are sigmoids of the decoder output, so a
+    model could not reconstruct values outside it.
     """
     if torch.is_tensor(X):
         X = X.detach().cpu().numpy()
@@ -51,15 +51,15 @@ def check_inputs(
     X = X.astype(np.float32) / np.float32(255) if X.dtype == np.uint8 else np.asarray(X, dtype=np.float32)
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    if unit_interval and (X.min() < 0 or X.max() > 1):
-        hint = " (images stored as 0..255? divide by 255)" if X.max() > 1 else ""
-        raise ValueError(
-            f"{name} has values in [{X.min():g}, {X.max():g}] but the Bernoulli likelihood needs [0, 1]{hint}"
-        )
+    if X.min() < 0 or X.max() > 1:
+        hint = " (images stored as 0..255? divide by 255)" if X.max() > 1 and X.min() >= 0 else \
+            " (feature vectors? scale each feature to [0, 1], e.g. by its minimum and maximum)"
+        raise ValueError(f"{name} has values in [{X.min():g}, {X.max():g}] but the model needs [0, 1]: both "
+                         f"likelihoods' means are sigmoids{hint}")
     return X
 
 
-def check_dataset(ds: Dataset, *, input_shape: tuple[int, ...] | None = None, unit_interval: bool = False) -> np.ndarray:
+def check_dataset(ds: Dataset, *, input_shape: tuple[int, ...] | None = None) -> np.ndarray:
     """The stored inputs of a Dataset (uint8 or float32, not converted), after the checks
     ``check_inputs`` makes; uint8 images are in [0, 1] by construction."""
     raw = ds.x.raw
@@ -67,17 +67,16 @@ def check_dataset(ds: Dataset, *, input_shape: tuple[int, ...] | None = None, un
     if input_shape is not None:
         raw = raw.reshape(len(raw), *match_shape(tuple(raw.shape[1:]), tuple(input_shape), name))
     if raw.dtype == np.float32:
-        check_inputs(raw, name=name, unit_interval=unit_interval)
+        check_inputs(raw, name=name)
     return raw
 
 
-def as_tensor(X: object, *, name: str = "X", input_shape: tuple[int, ...] | None = None,
-              unit_interval: bool = False) -> torch.Tensor:
+def as_tensor(X: object, *, name: str = "X", input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """X (array-like or Dataset) as a CPU tensor for the model: float32, or uint8 for a
     Dataset's images (divided by 255 batch by batch, on the device)."""
     if isinstance(X, Dataset):
-        return torch.from_numpy(check_dataset(X, input_shape=input_shape, unit_interval=unit_interval))
-    return torch.from_numpy(check_inputs(X, name=name, input_shape=input_shape, unit_interval=unit_interval))
+        return torch.from_numpy(check_dataset(X, input_shape=input_shape))
+    return torch.from_numpy(check_inputs(X, name=name, input_shape=input_shape))
 
 
 def match_shape(shape: tuple[int, ...], expected: tuple[int, ...], name: str) -> tuple[int, ...]:
