@@ -284,7 +284,8 @@ def make_parser() -> argparse.ArgumentParser:
                           "size=32 (image folder), test_fraction=0.2 (hold out a random part)")
     fit.add_argument("--out", required=True, help="run folder: model, metrics.csv, checkpoint")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    fit.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
+    fit.add_argument("--overwrite", action="store_true",
+                     help="start over in an --out that holds a run or model (cleared once the parameters are checked)")
     fit.add_argument("--epochs", type=int, help="override the number of epochs")
     fit.add_argument("--max-seconds", type=float, help="wall-clock budget: the schedule is laid over the time, "
                                                        "training stops at the deadline (or after --epochs)")
