@@ -16,6 +16,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from mfcvae import MFCVAE, list_presets, load_preset
+from mfcvae import estimator as estimator_module
 from mfcvae import train as train_module
 from mfcvae.estimator import BEFORE_THEY_EXISTED, resolve_precision, warn_if_emulated
 from mfcvae.model import MultiFacetVAE
@@ -788,7 +789,9 @@ def test_parameters_given_as_numpy_values_checkpoint_save_and_load(tiny_estimato
 
 
 def test_a_run_dir_that_is_a_file_is_refused_before_training(tiny_estimator, X, tmp_path, monkeypatch):
+    """Refused before the mixture initialisation (and a warm-up), not when the first checkpoint is written."""
     (tmp_path / "taken").write_text("not a folder")
+    monkeypatch.setattr(estimator_module, "initialise_priors", lambda *a, **k: pytest.fail("initialised"))
     monkeypatch.setattr(train_module.Trainer, "run", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match="exists and is not a folder"):
         tiny_estimator().fit(X, run_dir=tmp_path / "taken")

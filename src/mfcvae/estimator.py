@@ -365,8 +365,6 @@ class MFCVAE(BaseEstimator):
         last stage of the progressive schedule.
         """
         started = time.perf_counter()  # a max_seconds budget counts from here
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         x = as_tensor(X)
         device = resolve_device(self.device)
         if resume and run_dir is None:

@@ -33,8 +33,8 @@ class Bernoulli:
 class Gaussian:
     """Gaussian with a fixed standard deviation ``scale``, normalising constant included.
 
-    Its mean is the decoder output through a sigmoid (the paper's SVHN and 3DShapes models),
-    so, as with the Bernoulli, the data must lie in [0, 1].
+    Its mean is the decoder output through a sigmoid (the paper's SVHN model has this output;
+    every Gaussian model here does), so, as with the Bernoulli, the data must lie in [0, 1].
     """
 
     def __init__(self, scale: float):
