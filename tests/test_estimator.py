@@ -597,6 +597,13 @@ def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_est
         np.testing.assert_array_equal(a, b)
 
 
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tiny_estimator, X, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        _interrupt(m, at_epoch=0)
+        with pytest.raises(KeyboardInterrupt, match="before the first checkpoint: nothing to resume"):
+            tiny_estimator(epochs=2).fit(X, run_dir=tmp_path)
+
+
 def test_resume_after_ctrl_c_mid_epoch_keeps_the_step_count(tiny_estimator, X, tmp_path, monkeypatch):
     """An interrupt in the middle of an epoch must not leave a checkpoint that, resumed, trains more
     mini-batches than the run has (which would also shift the progressive schedule)."""
@@ -629,7 +636,7 @@ def test_ctrl_c_mid_epoch_checkpoints_that_batch_and_resume_finishes_the_same_ru
 
     with monkeypatch.context() as m:
         m.setattr(torch.optim.Adam, "step", step)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match=f"holds step {at_step}; fit again with resume=True"):
             tiny_estimator(epochs=epochs, **extra).fit(X, run_dir=tmp_path)
     assert read_checkpoint(tmp_path)["step"] == at_step
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

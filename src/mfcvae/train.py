@@ -333,7 +333,8 @@ class Trainer:
         stopped by its deadline ends with a partial epoch).
 
         Ctrl-C finishes the mini-batch in flight, writes a checkpoint of exactly that point
-        (with ``run_dir``) and raises KeyboardInterrupt; a second Ctrl-C stops at once.
+        (with ``run_dir``) and raises KeyboardInterrupt, whose message says what there is to
+        resume; a second Ctrl-C stops at once.
         """
         total = self.cfg.epochs * self.steps_per_epoch
         if self.cfg.max_seconds is not None and self.loop_budget is None:  # a fresh run
@@ -359,16 +360,16 @@ class Trainer:
                         self.save_checkpoint()
         except KeyboardInterrupt:
             # Only a deferred Ctrl-C stops between mini-batches, where the state is consistent;
-            # otherwise the checkpoint on disk (the last epoch boundary) stays as it is.
-            if self.run_dir is not None:
-                if self._stop_requested:
-                    self.save_checkpoint()
-                if self._saved_step is None:
-                    bar.write("interrupted before the first checkpoint: nothing to resume")
-                else:
-                    bar.write(f"interrupted: {self.run_dir / CHECKPOINT_FILE} holds step {self._saved_step}; "
-                              "fit again with resume=True (CLI: --resume) to continue")
-            raise
+            # otherwise the checkpoint on disk (the last epoch boundary) stays as it is. What is
+            # left to resume goes into the exception, which the caller shows (the CLI its own hint).
+            if self.run_dir is None:
+                raise
+            if self._stop_requested:
+                self.save_checkpoint()
+            if self._saved_step is None:
+                raise KeyboardInterrupt("interrupted before the first checkpoint: nothing to resume") from None
+            raise KeyboardInterrupt(f"interrupted: {self.run_dir / CHECKPOINT_FILE} holds step {self._saved_step}; "
+                                    "fit again with resume=True to continue") from None
         finally:
             # no gradients left behind: compiled on a GPU they live in the CUDA graphs' memory,
             # which the next compiled run in this process overwrites
