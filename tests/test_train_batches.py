@@ -3,8 +3,11 @@ normalise a single example in training), and the schedule counts the same batche
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
+from mfcvae import train as train_module
 from mfcvae.train import batch_bounds
 
 
@@ -28,9 +31,6 @@ def test_a_trailing_batch_of_one_trains_with_batch_norm(tiny_estimator, X):
 def test_batch_norm_statistics_are_recalibrated_after_training(tiny_estimator):
     """After fit, a batch-norm layer's running mean is the plain average of its inputs over the
     training batches (not a momentum-lagged estimate), here for the encoder's first layer."""
-    import numpy as np
-    import torch
-
     x = np.random.default_rng(0).random((96, 3, 16, 16), dtype=np.float32)
     model = tiny_estimator(architecture="conv", hidden_dims=(4, 8), batch_size=32, epochs=1).fit(x)
     conv, norm = model.model_.encoder.blocks[0][0], model.model_.encoder.blocks[0][1]
@@ -45,11 +45,6 @@ def test_re_seeding_in_the_middle_of_training_sees_batch_norm_statistics_of_the_
     """reseed_dead (and the refits between epochs) judge clusters in eval mode: the running
     statistics are first re-estimated for the weights as they are, so that at that moment the
     first layer's running mean is the plain average of its inputs, not a momentum-lagged one."""
-    import numpy as np
-    import torch
-
-    from mfcvae import train as train_module
-
     x = np.random.default_rng(0).random((96, 3, 16, 16), dtype=np.float32)
     seen = []
     original = train_module.reseed_dead_clusters

@@ -24,8 +24,8 @@ from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, read_safetensors, write_model_dir
-from .train import (CHECKPOINT_FILE, Trainer, data_fingerprint, initialise_priors, map_batches, recalibrate_batch_norm,
-                    refit_priors)
+from .train import (CHECKPOINT_FILE, METRICS_FILE, Trainer, data_fingerprint, initialise_priors, map_batches,
+                    recalibrate_batch_norm, refit_priors)
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -396,7 +396,7 @@ class MFCVAE(BaseEstimator):
                                   fit_variances=train_cfg.init_variances)
                 fit_seconds = time.perf_counter() - fit_started
                 if run_dir is not None:  # a fresh run: forget an older run's logs in the same folder
-                    for stale in ("metrics.csv", CHECKPOINT_FILE):
+                    for stale in (METRICS_FILE, CHECKPOINT_FILE):
                         (Path(run_dir) / stale).unlink(missing_ok=True)
             trainer.run(x, reserve_seconds=fit_seconds if train_cfg.refit_at_end else 0.0)
             recalibrate_batch_norm(model, x, train_cfg.batch_size, device, train_cfg.seed)

@@ -51,10 +51,11 @@ def check_inputs(
     X = X.astype(np.float32) / np.float32(255) if X.dtype == np.uint8 else np.asarray(X, dtype=np.float32)
     if not np.isfinite(X).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    if X.min() < 0 or X.max() > 1:
-        hint = " (images stored as 0..255? divide by 255)" if X.max() > 1 and X.min() >= 0 else \
+    low, high = X.min(), X.max()
+    if low < 0 or high > 1:
+        hint = " (images stored as 0..255? divide by 255)" if high > 1 and low >= 0 else \
             " (feature vectors? scale each feature to [0, 1], e.g. by its minimum and maximum)"
-        raise ValueError(f"{name} has values in [{X.min():g}, {X.max():g}] but the model needs [0, 1]: both "
+        raise ValueError(f"{name} has values in [{low:g}, {high:g}] but the model needs [0, 1]: both "
                          f"likelihoods' means are sigmoids{hint}")
     return X
 
