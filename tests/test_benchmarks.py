@@ -13,6 +13,7 @@ import pytest
 from mfcvae.config import load_preset
 from mfcvae.datasets import load
 from mfcvae.metrics import many_to_one_accuracy
+from mfcvae.train import REFIT_MAX_POINTS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import budget  # noqa: E402
@@ -187,20 +188,24 @@ def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tm
 
 
 def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, monkeypatch, capsys, tiny_estimator):
-    """Each fit seed refits the best facet as refit_at_end does; the first seed's row is what a fresh
-    fit with refit_at_end and that seed would give the facet (fit seed 0 = run seed 0)."""
+    """Each fit seed refits the best facet as refit_at_end does, for each number of inputs; the first
+    seed's row at refit_at_end's number is what a fresh fit with refit_at_end and that seed would
+    give the facet (fit seed 0 = run seed 0); another number is compared with the first."""
     data = budget.load_data("demo", None)
     plain = tiny_estimator(epochs=1, refit_at_end=False).fit(data)
     plain.save(tmp_path / "model")
     monkeypatch.setattr(refit_starts, "RESULTS", tmp_path / "refit_starts.csv")
     monkeypatch.setattr(sys, "argv", ["refit_starts.py", str(tmp_path / "model"), "--data", "demo",
-                                      "--label", "shape", "--fits", "2", "--machine-note", "day 1"])
+                                      "--label", "shape", "--fits", "2", "--machine-note", "day 1",
+                                      "--points", str(REFIT_MAX_POINTS), "100"])
     refit_starts.main()
     with (tmp_path / "refit_starts.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["fit_seed"] for r in rows] == ["0", "1"]
-    assert all(r["machine"].endswith(", day 1") for r in rows)
-    assert "as saved" in capsys.readouterr().out
+    assert [(r["fit_seed"], r["points"]) for r in rows] == [("0", str(REFIT_MAX_POINTS)), ("1", str(REFIT_MAX_POINTS)),
+                                                           ("0", "100"), ("1", "100")]
+    assert all(r["machine"].endswith(", day 1") and r["model"] == f"{tmp_path.name}/model" for r in rows)
+    out = capsys.readouterr().out
+    assert "as saved" in out and f"at most 100 inputs against {REFIT_MAX_POINTS}" in out
     refit = tiny_estimator(epochs=1).fit(data)
     facet = int(rows[0]["facet"])
     accuracy = many_to_one_accuracy(data.labels["shape"], refit.predict(data)[:, facet])

@@ -216,6 +216,45 @@ def test_overwrite_with_a_wrong_value_leaves_the_run_folder_as_it_was(files, cap
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "free_bits=.inf"], "free_bits must be a finite number"),
+    (["--set", "n_clusters=[400, 3]"], "fewer than the 400 clusters"),
+    (["--data", "bad.npz"], "NaN"),
+])
+def test_overwrite_with_bad_data_or_values_found_only_with_the_data_leaves_the_run_as_it_was(files, capsys, extra,
+                                                                                              message):
+    """Checks that need the data (NaN in it, more clusters than examples) and values that would
+    only fail in training (infinite) come before --overwrite clears anything too; a fresh --out
+    is not even created."""
+    assert fit(files) == 0
+    x = np.load(files / "data.npz")["x"].astype(np.float32) / 255
+    x[3] = np.nan
+    np.savez(files / "bad.npz", x=x)
+    run = files / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    data = ["--data", str(files / extra[1])] if extra[0] == "--data" else ["--data", str(files / "data.npz"), *extra]
+    argv = ["fit", "--config", str(files / "tiny.yaml"), "--quiet", *data]
+    assert main([*argv, "--out", str(run), "--overwrite"]) == 2
+    assert message in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert main([*argv, "--out", str(files / "fresh")]) == 2
+    assert not (files / "fresh").exists()
+
+
+def test_the_demo_records_its_data_for_the_model_commands(tmp_path, monkeypatch, capsys):
+    """`make demo`'s run folder says it was fitted on the built-in data, so `mfcvae evaluate`,
+    `compose` and `report` find the data without --data (as the README shows them)."""
+    from mfcvae import demo
+
+    monkeypatch.setattr(demo, "load_preset", lambda name: {**TINY_CONFIG, "epochs": 1})
+    monkeypatch.setattr(demo, "build_report", lambda model, data, out: out)
+    assert demo.main(["--out", str(tmp_path / "demo")]) == 0
+    assert json.loads((tmp_path / "demo" / "data.json").read_text()) == {"path": "demo", "options": {}}
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "demo")]) == 0
+    assert "shape" in capsys.readouterr().out
+
+
 def test_overwrite_clears_the_old_run_before_training(files, monkeypatch, capsys):
     """Once --overwrite starts, no file of the old run is left beside the new data record (an
     interrupted start would otherwise leave the old model to be scored on the new data)."""
@@ -274,7 +313,7 @@ def test_resume_on_other_data_is_refused(files, capsys):
     (["compose", "{run}", "--facet", "0", "--n", "0", "--out", "{tmp}/c.png"], "1 to 32 inputs a side"),
     (["compose", "{run}", "--facet", "0", "--n", "100", "--out", "{tmp}/c.png"], "1 to 32 inputs a side"),
     (["report", "{run}", "--max-clusters", "0"], "max_clusters must be a positive integer"),
-    (["sample", "{run}", "--temperature", "-1", "--out", "{tmp}/s.png"], "temperature must be a number >= 0"),
+    (["sample", "{run}", "--temperature", "-1", "--out", "{tmp}/s.png"], "temperature must be a finite number >= 0"),
     (["sample", "{run}", "--out", "{tmp}/s"], "ending in .png"),
     (["evaluate", "{run}", "--data-option", "test_fraction=0.5"], "keeps its own split"),
 ])

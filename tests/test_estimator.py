@@ -133,10 +133,37 @@ def test_sample_from_a_cluster_differs_between_clusters(fitted):
     (dict(n=3, facet=2, cluster=0), "facet"),
     (dict(n=3, facet=0, cluster=4), "clusters 0..3"),
     (dict(n=3, facet=1, cluster=-1), "clusters 0..2"),
+    (dict(n=3, facet=1, cluster=1.5), "cluster must be an integer"),
+    (dict(n=3, facet=True, cluster=1), "facet must be an integer"),
+    (dict(n=3, temperature=float("inf")), "temperature"),
+    (dict(n=3, temperature=True), "temperature"),
 ])
 def test_sample_rejects_bad_arguments(fitted, kw, match):
     with pytest.raises(ValueError, match=match):
         fitted.sample(**kw)
+
+
+def test_sample_takes_numpy_numbers(fitted):
+    """Arguments computed with numpy (np.float32, np.int64) are numbers like any other."""
+    np.testing.assert_array_equal(fitted.sample(4, facet=np.int64(1), cluster=np.int64(0), temperature=np.float32(0.5)),
+                                  fitted.sample(4, facet=1, cluster=0, temperature=0.5))
+
+
+def test_fit_predict_is_fit_then_predict(tiny_estimator, X):
+    est = tiny_estimator(epochs=1)
+    np.testing.assert_array_equal(est.fit_predict(X), tiny_estimator(epochs=1).fit(X).predict(X))
+    assert est.predict(X).shape == (len(X), 2)
+
+
+def test_predict_takes_half_precision_tensors(fitted, X):
+    """numpy has no bfloat16: such a tensor is read as float32, not refused by numpy's converter."""
+    half = torch.as_tensor(X[:16]).to(torch.bfloat16)
+    np.testing.assert_array_equal(fitted.predict(half), fitted.predict(half.float().numpy()))
+
+
+def test_fit_needs_two_examples_even_for_one_cluster(tiny_estimator, X):
+    with pytest.raises(ValueError, match="at least 2"):
+        tiny_estimator(n_clusters=(1, 1), epochs=1).fit(X[:1])
 
 
 def test_compose_with_itself_is_the_reconstruction(fitted, X):
@@ -333,9 +360,9 @@ def test_refit_every_fits_the_switched_on_facets_mixtures_as_every_nth_epoch_sta
     on: the top facet alone while the lower one waits for its stage (from epoch 4 of 6)."""
     calls = []
 
-    def recording(model, x, method, seed, device, facets=None, fit_variances=False, draws=False):
+    def recording(model, x, method, seed, device, facets=None, fit_variances=False, draws=False, max_points=None):
         calls.append((seed, facets, method, fit_variances, draws))
-        return initialise_priors(model, x, method, seed, device, facets, fit_variances, draws)
+        return initialise_priors(model, x, method, seed, device, facets, fit_variances, draws, max_points)
 
     monkeypatch.setattr(train_module, "initialise_priors", recording)
     est = tiny_estimator(epochs=6, refit_every=2, refit_at_end=False, seed=7).fit(X)
@@ -518,6 +545,23 @@ def test_fresh_fit_in_an_old_run_dir_forgets_the_old_logs(tiny_estimator, X, tmp
     tiny_estimator().fit(X, run_dir=tmp_path)
     tiny_estimator(epochs=1).fit(X, run_dir=tmp_path)
     assert len(metrics_rows(tmp_path)) == 1
+
+
+def test_a_fresh_fit_failing_in_its_first_epoch_leaves_the_old_run_whole(tiny_estimator, X, tmp_path, monkeypatch):
+    """An older run's checkpoint and metrics go only when the new run first writes its own: a
+    fresh fit that fails before (a loss that turns NaN at once, say) leaves them resumable."""
+    tiny_estimator().fit(X, run_dir=tmp_path)
+    before = {name: (tmp_path / name).read_bytes() for name in (CHECKPOINT_FILE, METRICS_FILE)}
+
+    def diverge(self, *args, **kwargs):
+        raise FloatingPointError("the loss became nan at epoch 1, step 1")
+
+    monkeypatch.setattr(train_module.Trainer, "_train_epoch", diverge)
+    with pytest.raises(FloatingPointError):
+        tiny_estimator(lr=1e6).fit(X, run_dir=tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    monkeypatch.undo()
+    assert len(tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True).history_) == 4
 
 
 def test_resume_with_more_epochs_lengthens_the_last_stage(tiny_estimator, X, tmp_path):
@@ -730,6 +774,11 @@ BAD_PARAMS = {
     "merge_scale": (dict(merge_scale=-1.0), "merge_scale"),
     "precision": (dict(precision="float16"), "precision"),
     "compile": (dict(compile="yes"), "compile"),
+    "lr infinite": (dict(lr=float("inf")), "lr must be a finite number"),
+    "free_bits infinite": (dict(free_bits=float("inf")), "free_bits must be a finite number"),
+    "likelihood_scale infinite": (dict(likelihood_scale=float("inf")), "likelihood_scale must be a finite"),
+    "merge_scale NaN": (dict(merge_scale=float("nan")), "merge_scale must be a finite number"),
+    "verbose a string": (dict(verbose="no"), "verbose must be true or false"),
 }
 
 

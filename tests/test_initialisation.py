@@ -7,7 +7,8 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from mfcvae.train import initialise_priors, reseed_dead_clusters
+from mfcvae import train as train_module
+from mfcvae.train import initialise_priors, refit_priors, reseed_dead_clusters
 
 CPU = torch.device("cpu")
 
@@ -56,6 +57,27 @@ def test_a_fit_to_draws_matches_the_aggregate_posterior(make_model):
         torch.testing.assert_close(prior.means[0].detach(), m.mean(0), atol=0.05 * v.mean().sqrt().item(), rtol=0)
         torch.testing.assert_close(prior.log_var[0].exp().detach(), m.var(0) + v.mean(0), rtol=0.08, atol=0)
         assert torch.all(v.mean(0) > 0.5 * m.var(0))  # so the test tells the two fits apart
+
+
+def test_the_first_fit_and_the_refit_each_take_their_own_number_of_inputs(make_model, monkeypatch):
+    """The first fit (an untrained encoder) takes at most GMM_MAX_POINTS random inputs, the refit
+    of a trained one at most REFIT_MAX_POINTS; either gives way to an explicit ``max_points``."""
+    sizes = []
+
+    class Recording(GaussianMixture):
+        def fit(self, z, y=None):
+            sizes.append(len(z))
+            return super().fit(z)
+
+    monkeypatch.setattr(train_module, "GaussianMixture", Recording)
+    monkeypatch.setattr(train_module, "GMM_MAX_POINTS", 60)
+    monkeypatch.setattr(train_module, "REFIT_MAX_POINTS", 150)
+    model, x = make_model().eval(), torch.rand(200, 3, 4, 4)
+    initialise_priors(model, x, "gmm", seed=0, device=CPU)
+    refit_priors(model, x, seed=0, device=CPU)
+    refit_priors(model, x, seed=0, device=CPU, max_points=500)  # more than there are: all of them
+    initialise_priors(model, x, "gmm", seed=0, device=CPU, max_points=40)
+    assert sizes == [60, 60, 150, 150, 200, 200, 40, 40]  # one fit per facet
 
 
 def test_fitted_variances_leave_fixed_weights_alone(make_model):

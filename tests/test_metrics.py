@@ -110,3 +110,17 @@ def test_evaluate_assignments_errors_name_the_problem():
         evaluate_assignments(assignments, {"digit": np.zeros(5)})
     with pytest.raises(ValueError, match="'digit'"):
         evaluate_assignments(assignments, {"digit": np.zeros((4, 1))})
+    with pytest.raises(ValueError, match="'digit' must hold class ids.*0.5"):
+        evaluate_assignments(assignments, {"digit": np.array([0.0, 1.0, 0.5, 1.0])})
+    with pytest.raises(ValueError, match="'digit' must hold class ids.*nan"):
+        evaluate_assignments(assignments, {"digit": np.array([0.0, 1.0, np.nan, 1.0])})
+    with pytest.raises(ValueError, match="'digit' must hold class ids.*complex"):
+        evaluate_assignments(assignments, {"digit": np.zeros(4, dtype=complex)})
+
+
+def test_labels_may_be_whole_floats_or_strings():
+    """Class ids as a data frame may hold them: whole-number floats and strings score as integers do."""
+    assignments = np.array([[0, 1], [0, 1], [1, 0], [1, 1]])
+    as_ints = evaluate_assignments(assignments, {"y": np.array([3, 3, 7, 7])})
+    assert evaluate_assignments(assignments, {"y": np.array([3.0, 3.0, 7.0, 7.0])}) == as_ints
+    assert evaluate_assignments(assignments, {"y": np.array(["a", "a", "b", "b"])}) == as_ints

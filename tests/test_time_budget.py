@@ -98,9 +98,9 @@ def test_bad_budgets_are_refused_before_training(tiny_estimator, X, value):
         tiny_estimator(max_seconds=value).fit(X)
 
 
-def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X, monkeypatch):
-    """With refit_at_end the loop stops early by what the initial mixture fit cost, so that the
-    fit at the end stays inside max_seconds."""
+@pytest.fixture()
+def slow_fits(monkeypatch) -> FakeClock:
+    """A fake clock on which every mixture fit, the first one and the end refit, takes 0.5 s."""
     clock = FakeClock(0.01)
     monkeypatch.setattr(train_module.time, "perf_counter", clock)
     real_fit = estimator_module.initialise_priors
@@ -111,6 +111,13 @@ def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X
 
     monkeypatch.setattr(estimator_module, "initialise_priors", slow_fit)  # the first fit
     monkeypatch.setattr(train_module, "initialise_priors", slow_fit)  # the end refit (refit_priors)
+    return clock
+
+
+def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X, slow_fits):
+    """With refit_at_end the loop stops early by what the initial mixture fit cost, so that the
+    fit at the end stays inside max_seconds."""
+    clock = slow_fits
     steps, seconds = {}, {}
     for refit in (False, True):
         est = tiny_estimator(epochs=1000, max_seconds=3.0, refit_at_end=refit)
@@ -119,6 +126,17 @@ def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X
         steps[refit], seconds[refit] = est.history_[-1]["step"], clock.now - start
     assert steps[True] < steps[False]
     assert seconds[True] == pytest.approx(3.0, abs=0.1)  # the loop, then the second fit, within the budget
+
+
+def test_the_time_kept_for_the_refit_grows_with_the_inputs_it_fits(tiny_estimator, X, slow_fits, monkeypatch):
+    """The end refit fits up to REFIT_MAX_POINTS inputs where the first fit took GMM_MAX_POINTS:
+    the loop keeps back the first fit's time scaled by the ratio (here 2: 1.0 s for a refit that
+    takes 0.5 s in the fake clock, so the whole fit ends 0.5 s early)."""
+    for module in (estimator_module, train_module):
+        monkeypatch.setattr(module, "GMM_MAX_POINTS", len(X) // 4)
+        monkeypatch.setattr(module, "REFIT_MAX_POINTS", len(X) // 2)
+    tiny_estimator(epochs=1000, max_seconds=3.0).fit(X)
+    assert slow_fits.now == pytest.approx(2.5, abs=0.1)
 
 
 def test_cli_max_seconds_reaches_the_estimator(tmp_path, shapes_data, clock):

@@ -86,6 +86,12 @@ def merge_data_options(spec: str, options: dict, preset_options: dict) -> dict:
     return merged
 
 
+def write_data_record(run_dir: Path, spec: str, options: dict) -> None:
+    """Record in a run folder the data it is fitted on (path or ``demo``, reader options), for
+    --resume and for the model commands run without --data."""
+    (run_dir / DATA_FILE).write_text(json.dumps({"path": spec, "options": options}, indent=2))
+
+
 def data_source(args: argparse.Namespace, model_dir: str | Path) -> tuple[str, dict]:
     """(data path, options) for a command: --data and --data-option if given, else what the
     run in ``model_dir`` was fitted on (its data.json); the same path keeps its recorded options."""
@@ -149,7 +155,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                              "(pass --data demo to use it anyway)")
         spec = args.data or DEMO_DATA
         options = merge_data_options(spec, data_options(args), preset_options)
-    record = {"path": spec if spec == DEMO_DATA else str(Path(spec).resolve()), "options": dict(options)}
+    recorded = (spec if spec == DEMO_DATA else str(Path(spec).resolve()), dict(options))  # before test_fraction goes
     test_fraction = options.pop("test_fraction", None)
     data = load_data(spec, options)
     parts = {"train": data}
@@ -158,14 +164,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"data: {data!r}" + (f"; {len(parts['test'])} held out for testing" if test_fraction else ""))
 
     model = MFCVAE(**params)
-    model._validate_params(parts["train"].shape)  # a wrong value fails before the run folder is touched
+    model._validate_fit_input(parts["train"])  # bad data or a wrong value fails before the run folder is touched
     if not args.resume:  # record the data, so that --resume and the model commands find it again
         out.mkdir(parents=True, exist_ok=True)
         for pattern in STALE_OUTPUTS:
             for stale in out.glob(pattern):
                 stale.unlink()
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
-        (out / DATA_FILE).write_text(json.dumps(record, indent=2))
+        write_data_record(out, *recorded)
     try:
         model.fit(parts["train"], run_dir=out, resume=args.resume)
     except KeyboardInterrupt:

@@ -50,9 +50,11 @@ def yaml_load(text: str) -> object:
 
 
 def _check_real(name: str, value: object, low: float | None = None, low_open: bool = False) -> None:
-    """A real number (not a bool), at least (or, with ``low_open``, above) ``low``."""
+    """A finite real number (not a bool), at least (or, with ``low_open``, above) ``low``."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
 
@@ -180,8 +182,6 @@ class TrainConfig:
         _check_positive_ints("epochs", (self.epochs,))
         if self.max_seconds is not None:
             _check_real("max_seconds", self.max_seconds, 0, low_open=True)
-            if not math.isfinite(self.max_seconds):
-                raise ValueError(f"max_seconds must be a finite number of seconds (or None), got {self.max_seconds!r}")
         _check_positive_ints("batch_size", (self.batch_size,))
         _check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)

@@ -10,6 +10,7 @@ import json
 import time
 from pathlib import Path
 
+from .cli import DEMO_DATA, write_data_record
 from .config import load_preset
 from .datasets import make_shapes
 from .estimator import MFCVAE
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     data = make_shapes(seed=0)
     print(f"built-in data: {len(data)} images {data.shape}, factors {sorted(data.labels)} (never shown to the model)")
     start = time.perf_counter()
-    model = MFCVAE(**{**load_preset("demo"), "seed": args.seed}).fit(data, run_dir=out)
+    model = MFCVAE(**{**load_preset("demo"), "seed": args.seed})
+    out.mkdir(parents=True, exist_ok=True)
+    write_data_record(out, DEMO_DATA, {})  # so that `mfcvae report/compose/evaluate runs/demo` find the data
+    model.fit(data, run_dir=out)
     seconds = time.perf_counter() - start
 
     rows = model.evaluate(data)

@@ -8,6 +8,8 @@ nothing of layer shapes (model.py) or of command lines (cli.py).
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import time
 import warnings
 from collections.abc import Iterator
@@ -24,8 +26,8 @@ from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, read_safetensors, write_model_dir
-from .train import (CHECKPOINT_FILE, METRICS_FILE, Trainer, data_fingerprint, initialise_priors, map_batches,
-                    recalibrate_batch_norm, refit_priors)
+from .train import (CHECKPOINT_FILE, GMM_MAX_POINTS, REFIT_MAX_POINTS, Trainer, data_fingerprint,
+                    initialise_priors, map_batches, recalibrate_batch_norm, refit_priors)
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -178,11 +180,11 @@ class MFCVAE(BaseEstimator):
     refit_on_stage : re-initialise a facet's mixture when its stage starts (beyond the paper).
     refit_at_end : after training, fit every facet's mixture afresh to what the trained encoder
         makes of the data (a Gaussian mixture on one draw from q(z_j|x) per input, at most
-        20,000; its means, covariances and, where weights are learned, weights). SGD leaves the
-        mixture where the early, poorer embedding put it; a fresh fit finds clusters of the
-        final one (beyond the paper; on by default; with ``max_seconds`` the training loop
-        leaves it the time the initial mixture fit took, which is little with
-        ``init="random"``). ``history_`` ends before it, so ``score`` after ``fit`` differs a
+        100,000 inputs where the first fit takes 20,000; its means, covariances and, where
+        weights are learned, weights). SGD leaves the mixture where the early, poorer embedding
+        put it; a fresh fit finds clusters of the final one (beyond the paper; on by default;
+        with ``max_seconds`` the training loop leaves it the time the initial mixture fit
+        took, scaled by the ratio of inputs, which is little with ``init="random"``). ``history_`` ends before it, so ``score`` after ``fit`` differs a
         little from the last epoch's ELBO.
     refit_every : n > 0: as every n-th epoch starts, fit the switched-on facets' mixtures
         afresh in the same way, so that the rest of training pulls the encoder towards clusters
@@ -348,12 +350,20 @@ class MFCVAE(BaseEstimator):
             max_seconds=self.max_seconds, seed=self.seed, compile=self.compile,
         )
 
-    def _validate_params(self, input_shape: tuple[int, ...]) -> None:
-        """Check every parameter, and the device, for inputs of this shape as ``fit`` would, without
-        training: for callers (the CLI) that must not touch a run folder when a value is wrong."""
+    def _validate_fit_input(self, X) -> torch.Tensor:
+        """X as a tensor, once X and every parameter (and the device) pass the checks ``fit`` makes
+        before it trains: for callers (the CLI) that must not touch a run folder when one fails."""
+        x = as_tensor(X)
         device = resolve_device(self.device)
-        self._model_config(tuple(input_shape), resolve_precision(self.precision, device))
+        model_cfg = self._model_config(tuple(x.shape[1:]), resolve_precision(self.precision, device))
         self._train_config()
+        if not (isinstance(self.verbose, numbers.Integral) and self.verbose >= 0):
+            raise ValueError(f"verbose must be true or false, got {self.verbose!r}")
+        if len(x) < 2:  # a mixture fit needs two points even for one cluster
+            raise ValueError("X has 1 example: fit needs at least 2")
+        if len(x) < max(model_cfg.n_clusters):
+            raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
+        return x
 
     # --- training ------------------------------------------------------------------
     def fit(self, X, y=None, *, run_dir: str | Path | None = None, resume: bool = False) -> "MFCVAE":
@@ -365,7 +375,7 @@ class MFCVAE(BaseEstimator):
         last stage of the progressive schedule.
         """
         started = time.perf_counter()  # a max_seconds budget counts from here
-        x = as_tensor(X)
+        x = self._validate_fit_input(X)
         device = resolve_device(self.device)
         if resume and run_dir is None:
             raise ValueError("resume=True needs the run_dir holding the checkpoint")
@@ -376,8 +386,6 @@ class MFCVAE(BaseEstimator):
         precision = self._check_resumable(checkpoint) if resume else resolve_precision(self.precision, device)
         warn_if_emulated(precision, device)
         model_cfg, train_cfg = self._model_config(tuple(x.shape[1:]), precision), self._train_config()
-        if len(x) < max(model_cfg.n_clusters):
-            raise ValueError(f"X has {len(x)} examples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
 
         with seeded(self.seed, device):
             model = MultiFacetVAE(model_cfg).to(device)
@@ -386,7 +394,7 @@ class MFCVAE(BaseEstimator):
                     warnings.simplefilter("ignore", UserWarning)
                 trainer = Trainer(model, train_cfg, len(x), device, run_dir, self.verbose,
                                   metadata=_jsonable(self.get_params()), data_id=data_fingerprint(x), started=started)
-            fit_seconds = 0.0  # how long a mixture fit takes here: kept back for refit_at_end
+            fit_seconds = 0.0  # how long the end refit will take here: kept back for refit_at_end
             if resume:
                 trainer.load_checkpoint(checkpoint)
             else:
@@ -394,10 +402,9 @@ class MFCVAE(BaseEstimator):
                 fit_started = time.perf_counter()
                 initialise_priors(model, x, train_cfg.init, train_cfg.seed, device,
                                   fit_variances=train_cfg.init_variances)
-                fit_seconds = time.perf_counter() - fit_started
-                if run_dir is not None:  # a fresh run: forget an older run's logs in the same folder
-                    for stale in (METRICS_FILE, CHECKPOINT_FILE):
-                        (Path(run_dir) / stale).unlink(missing_ok=True)
+                # the refit encodes and fits more inputs than this fit did, for proportionally longer
+                fit_seconds = (time.perf_counter() - fit_started) * min(len(x), REFIT_MAX_POINTS) \
+                    / min(len(x), GMM_MAX_POINTS)
             trainer.run(x, reserve_seconds=fit_seconds if train_cfg.refit_at_end else 0.0)
             recalibrate_batch_norm(model, x, train_cfg.batch_size, device, train_cfg.seed)
             if train_cfg.refit_at_end:
@@ -446,6 +453,10 @@ class MFCVAE(BaseEstimator):
         """Cluster ids, shape (N, J): argmax_k q(c_j = k | x) with z at the posterior mean."""
         return np.stack([p.argmax(1) for p in self.predict_proba(X)], axis=1).astype(np.int64)
 
+    def fit_predict(self, X, y=None, **fit_params) -> np.ndarray:
+        """``fit(X, **fit_params)``, then ``predict(X)``: scikit-learn's shortcut for clusterers."""
+        return self.fit(X, **fit_params).predict(X)
+
     def _latent_means(self, x: torch.Tensor) -> list[np.ndarray]:
         return self._map(lambda xb: [m for m, _ in self.model_.encode(xb)], x)
 
@@ -479,17 +490,20 @@ class MFCVAE(BaseEstimator):
         """n new inputs: every facet drawn from its prior at ``temperature``, facet ``facet``
         from its cluster ``cluster`` (controlled generation)."""
         self._check_fitted()
-        if not (isinstance(n, (int, np.integer)) and n > 0):
+        if not (_is_int(n) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if cluster is not None and facet is None:
             raise ValueError("cluster needs facet: say which facet's cluster to sample from")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+        if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
+                and math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if facet is not None:
             self._check_facet(facet)
         if cluster is not None:
-            if not 0 <= cluster < self.model_.cfg.n_clusters[facet]:
-                raise ValueError(f"facet {facet} has clusters 0..{self.model_.cfg.n_clusters[facet] - 1}, got {cluster}")
+            last = self.model_.cfg.n_clusters[facet] - 1
+            if not (_is_int(cluster) and 0 <= cluster <= last):
+                raise ValueError(f"facet {facet} has clusters 0..{last}: cluster must be an integer among them, "
+                                 f"got {cluster!r}")
         generator = torch.Generator(self._device).manual_seed(self.seed if seed is None else seed)
         with torch.no_grad():
             zs = self.model_.sample_latents(n, facet, cluster, temperature, generator)
@@ -526,7 +540,7 @@ class MFCVAE(BaseEstimator):
         return [p.log_weights.exp().detach().cpu().numpy() for p in self.model_.priors]
 
     def _check_facet(self, facet: int) -> None:
-        if not (isinstance(facet, (int, np.integer)) and 0 <= facet < self.model_.n_facets):
+        if not (_is_int(facet) and 0 <= facet < self.model_.n_facets):
             raise ValueError(f"facet must be an integer in [0, {self.model_.n_facets}), got {facet!r}")
 
     # --- persistence ---------------------------------------------------------------
@@ -555,6 +569,11 @@ class MFCVAE(BaseEstimator):
 def _shape_of(X) -> tuple[int, ...]:
     """The shape of validated inputs X as the caller gave them (a Dataset: its stored shape)."""
     return tuple(X.x.shape) if isinstance(X, Dataset) else tuple(np.shape(X))
+
+
+def _is_int(value: object) -> bool:
+    """A whole number given as an integer (numpy's included), not a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _as_tuple(name: str, value) -> tuple:

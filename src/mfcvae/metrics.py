@@ -48,6 +48,22 @@ def ari(labels: np.ndarray, clusters: np.ndarray) -> float:
     return float(adjusted_rand_score(labels, clusters))
 
 
+def _class_ids(name: str, y: np.ndarray, n: int) -> np.ndarray:
+    """Label ``name`` as n class ids: integers, bools or strings; floats only where every value is
+    a whole number (as a data frame may hold integer labels). NaN is no class."""
+    if y.shape != (n,):
+        raise ValueError(f"label {name!r} has shape {y.shape}, expected ({n},)")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            raise ValueError(f"label {name!r} must hold class ids (integers or strings), got float values "
+                             f"such as {y[bad][0]!r}")
+        return y.astype(np.int64)
+    if y.dtype.kind not in "biuUSO":
+        raise ValueError(f"label {name!r} must hold class ids (integers or strings), got dtype {y.dtype}")
+    return y
+
+
 def evaluate_assignments(assignments: np.ndarray, labels: dict[str, np.ndarray]) -> list[dict]:
     """Every metric for every (facet, label) pair: one dict per pair.
 
@@ -60,9 +76,7 @@ def evaluate_assignments(assignments: np.ndarray, labels: dict[str, np.ndarray])
         raise ValueError("labels is empty: pass a dict of label name -> (N,) array")
     rows = []
     for name, y in labels.items():
-        y = np.asarray(y)
-        if y.shape != (len(assignments),):
-            raise ValueError(f"label {name!r} has shape {y.shape}, expected ({len(assignments)},)")
+        y = _class_ids(name, np.asarray(y), len(assignments))
         for facet in range(assignments.shape[1]):
             c = assignments[:, facet]
             rows.append({

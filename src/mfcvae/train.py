@@ -47,6 +47,9 @@ class EpochProgress:
 
 
 GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many encoded inputs
+# A trained model's refit fits on at most this many: the encoder is worth it then, and on
+# Fashion-MNIST all 70,000 inputs gave better partitions than 20,000 (benchmarks/refit_starts.py)
+REFIT_MAX_POINTS = 100_000
 RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
 DEAD_SHARE = 0.1  # ... a cluster is dead below this fraction of its fair share (1/K) of them
 
@@ -159,8 +162,10 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 @torch.no_grad()
 def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: int, device: torch.device,
-                      facets: list[int] | None = None, fit_variances: bool = False, draws: bool = False) -> None:
-    """Place each facet's component means among the encoded training data (SPEC section 6).
+                      facets: list[int] | None = None, fit_variances: bool = False, draws: bool = False,
+                      max_points: int | None = None) -> None:
+    """Place each facet's component means among the encoded training data (SPEC section 6),
+    fitted to at most ``max_points`` random inputs (None: GMM_MAX_POINTS).
 
     ``gmm``: the means of a diagonal GaussianMixture fitted to the posterior means of z_j.
     ``random``: K_j posterior means of randomly chosen inputs. Variances and weights keep
@@ -174,8 +179,9 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
     ``refit_at_end`` fits a trained model's priors to).
     """
     rng = np.random.default_rng(seed)
-    if len(x) > GMM_MAX_POINTS:
-        x = x[torch.from_numpy(np.sort(rng.choice(len(x), GMM_MAX_POINTS, replace=False)))]
+    max_points = GMM_MAX_POINTS if max_points is None else max_points
+    if len(x) > max_points:
+        x = x[torch.from_numpy(np.sort(rng.choice(len(x), max_points, replace=False)))]
     posteriors = map_batches(lambda xb: [t for m, v in model.encode(xb) for t in (m, v)], x, 1024, device)
     noise = torch.Generator().manual_seed(seed)
     for j in range(model.n_facets) if facets is None else facets:
@@ -198,10 +204,12 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
 
 
 def refit_priors(model: MultiFacetVAE, x: torch.Tensor, seed: int, device: torch.device,
-                 facets: list[int] | None = None) -> None:
+                 facets: list[int] | None = None, max_points: int | None = None) -> None:
     """The refit of ``refit_at_end`` and ``refit_every``: each facet's mixture (means, covariances
-    and learned weights) fitted afresh to one draw from q(z_j|x) per input."""
-    initialise_priors(model, x, "gmm", seed, device, facets=facets, fit_variances=True, draws=True)
+    and learned weights) fitted afresh to one draw from q(z_j|x) per input, for at most
+    ``max_points`` inputs (None: REFIT_MAX_POINTS)."""
+    initialise_priors(model, x, "gmm", seed, device, facets=facets, fit_variances=True, draws=True,
+                      max_points=REFIT_MAX_POINTS if max_points is None else max_points)
 
 
 @torch.no_grad()
@@ -304,6 +312,7 @@ class Trainer:
         self.stage_reached = 0  # the progressive stage of the last mini-batch trained
         self._stop_requested = False
         self._saved_step: int | None = None  # the step of the checkpoint last written
+        self._run_dir_claimed = False  # whether run_dir's metrics and checkpoint are this run's yet
 
     def pretrain(self, x: torch.Tensor, epochs: int) -> None:
         """Warm up encoder and decoder as a plain autoencoder (z = posterior mean, every rung on).
@@ -550,11 +559,20 @@ class Trainer:
             return None
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
+    def _claim_run_dir(self) -> None:
+        """A fresh run's first write to run_dir removes an older run's metrics and checkpoint there;
+        until then (a bad value that fails in the first epoch, say) the older run stays whole."""
+        if not self._run_dir_claimed:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (METRICS_FILE, CHECKPOINT_FILE):
+                (self.run_dir / stale).unlink(missing_ok=True)
+            self._run_dir_claimed = True
+
     def _log(self, row: dict, writer) -> None:
         if self.run_dir is None:
             return
+        self._claim_run_dir()
         path = self.run_dir / METRICS_FILE
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         with path.open("a", newline="") as f:
             out = csv.DictWriter(f, fieldnames=list(row))
@@ -568,6 +586,7 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         assert self.run_dir is not None
+        self._claim_run_dir()
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optim_tensors, optim_meta = optimizer_to_tensors(self.optimizer)
         tensors.update(optim_tensors)
@@ -601,7 +620,7 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
-        self._saved_step = self.step
+        self._saved_step, self._run_dir_claimed = self.step, True  # a resumed run goes on writing its own files
         if meta["progress"] is not None:
             self.progress = EpochProgress(tensors["progress.order"], **meta["progress"])
         # The run keeps the schedule it started with: a resume that asks for more epochs

@@ -27,7 +27,8 @@ def check_inputs(
     model could not reconstruct values outside it.
     """
     if torch.is_tensor(X):
-        X = X.detach().cpu().numpy()
+        X = X.detach().cpu()
+        X = (X.float() if X.is_floating_point() else X).numpy()  # numpy has no bfloat16
     if not isinstance(X, np.ndarray):
         try:
             X = np.asarray(X)

@@ -24,6 +24,8 @@ def load_arrays(path: str | Path) -> Dataset:
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".npy", ".csv"):
         raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
+    if suffix == ".npz" and not zipfile.is_zipfile(path):
+        raise ValueError(f"cannot read {path}: not a .npz archive (a zip of .npy arrays, as numpy.savez writes)")
     try:
         if suffix == ".csv":
             return Dataset(_read_csv(path), name=path.name)

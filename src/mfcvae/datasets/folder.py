@@ -58,8 +58,11 @@ def load_image_folder(path: str | Path, size: int | tuple[int, int] | None = Non
     if not files:
         raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                          "neither directly nor in sub-folders")
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
+    if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
+                                 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        raise ValueError(f"size must be a positive integer or (height, width) of positive integers, got {size!r}")
 
     modes = []
     for file in files:  # Image.open reads only the header: cheap
