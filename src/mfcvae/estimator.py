@@ -559,7 +559,12 @@ class MFCVAE(BaseEstimator):
             raise ValueError(f"{Path(path) / CONFIG_FILE} is not an mfcvae model config")
         est = cls(**{**as_trained(config["params"]), "device": device})
         model = MultiFacetVAE(est._model_config(tuple(config["input_shape"]), trained_precision(config, config["params"])))
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:  # sizes or names differ: one of the two files was changed or swapped
+            lines = str(err).splitlines()  # torch's first line only says that there are errors
+            raise ValueError(f"{Path(path)}: the weights do not fit the network its {CONFIG_FILE} describes: "
+                             f"{lines[-1 if len(lines) == 1 else 1].strip()}") from err
         est.model_ = model.to(resolve_device(device)).eval()
         est.input_shape_, est.history_ = tuple(config["input_shape"]), config["history"]
         est.n_features_in_ = int(np.prod(est.input_shape_))
