@@ -60,8 +60,8 @@ def main() -> None:
                 est.model_.load_state_dict(saved)
                 refit_priors(est.model_, x, seed, torch.device("cpu"), max_points=points)  # every facet
                 fits.append((seed, many_to_one_accuracy(y, est.predict(x)[:, facet]), est.score(x)))
-            rows += [{"model": f"{path.parent.name}/{path.name}", "facet": facet, "fit_seed": s, "points": points, "accuracy": round(a, 4),
-                      "elbo": round(e, 3), "machine": where} for s, a, e in fits]
+            rows += [{"model": f"{path.parent.name}/{path.name}", "facet": facet, "fit_seed": s, "points": points,
+                      "accuracy": round(a, 4), "elbo": round(e, 3), "machine": where} for s, a, e in fits]
             accuracies = [a for _, a, _ in fits]
             means[points].append(np.mean(accuracies))
             best_elbo = max(fits, key=lambda fit: fit[2])

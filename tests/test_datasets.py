@@ -308,6 +308,7 @@ def test_load_image_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="pass size=... to resize"):
         load_image_folder(tmp_path / "mixed")
     assert load_image_folder(tmp_path / "mixed", size=(6, 5)).x.shape == (4, 3, 6, 5)
+    assert load_image_folder(tmp_path / "mixed", size=np.int64(6)).x.shape == (4, 3, 6, 6)
     for size in ("32", 0, (6, -5), (6,), True):
         with pytest.raises(ValueError, match="size must be a positive integer"):
             load_image_folder(tmp_path / "mixed", size=size)

@@ -149,6 +149,10 @@ def test_sample_takes_numpy_numbers(fitted):
                                   fitted.sample(4, facet=1, cluster=0, temperature=0.5))
 
 
+def test_verbose_takes_numpy_bools(tiny_estimator, X):
+    assert tiny_estimator(epochs=1, verbose=np.False_).fit(X).verbose is np.False_
+
+
 def test_fit_predict_is_fit_then_predict(tiny_estimator, X):
     est = tiny_estimator(epochs=1)
     np.testing.assert_array_equal(est.fit_predict(X), tiny_estimator(epochs=1).fit(X).predict(X))
@@ -651,10 +655,18 @@ def test_resume_after_ctrl_c_between_epochs_equals_an_uninterrupted_run(tiny_est
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tiny_estimator, X, tmp_path, monkeypatch):
+    """... and, where an older run's checkpoint is still in run_dir (the new run had not written
+    yet), that it is that run's."""
     with monkeypatch.context() as m:
         _interrupt(m, at_epoch=0)
-        with pytest.raises(KeyboardInterrupt, match="before the first checkpoint: nothing to resume"):
-            tiny_estimator(epochs=2).fit(X, run_dir=tmp_path)
+        with pytest.raises(KeyboardInterrupt, match="before the first checkpoint: nothing to resume$"):
+            tiny_estimator(epochs=2).fit(X, run_dir=tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # nothing written, not even the folder
+    tiny_estimator(epochs=1).fit(X, run_dir=tmp_path / "old")
+    with monkeypatch.context() as m:
+        _interrupt(m, at_epoch=0)
+        with pytest.raises(KeyboardInterrupt, match=r"nothing to resume \(the checkpoint in .* is an earlier run's\)"):
+            tiny_estimator(epochs=2).fit(X, run_dir=tmp_path / "old")
 
 
 def test_resume_after_ctrl_c_mid_epoch_keeps_the_step_count(tiny_estimator, X, tmp_path, monkeypatch):

@@ -116,6 +116,8 @@ def test_evaluate_assignments_errors_name_the_problem():
         evaluate_assignments(assignments, {"digit": np.array([0.0, 1.0, np.nan, 1.0])})
     with pytest.raises(ValueError, match="'digit' must hold class ids.*complex"):
         evaluate_assignments(assignments, {"digit": np.zeros(4, dtype=complex)})
+    with pytest.raises(ValueError, match="'digit' must hold class ids.*mixed values"):
+        evaluate_assignments(assignments, {"digit": np.array([None, "a", "b", "a"], dtype=object)})
 
 
 def test_labels_may_be_whole_floats_or_strings():
@@ -124,3 +126,5 @@ def test_labels_may_be_whole_floats_or_strings():
     as_ints = evaluate_assignments(assignments, {"y": np.array([3, 3, 7, 7])})
     assert evaluate_assignments(assignments, {"y": np.array([3.0, 3.0, 7.0, 7.0])}) == as_ints
     assert evaluate_assignments(assignments, {"y": np.array(["a", "a", "b", "b"])}) == as_ints
+    assert evaluate_assignments(assignments, {"y": np.array(["a", "a", "b", "b"], dtype=object)}) == as_ints
+    assert evaluate_assignments(assignments, {"y": np.array([1e20, 1e20, 2e20, 2e20])}) == as_ints  # not one class

@@ -29,8 +29,8 @@ from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load
                        make_shapes, reader_for, reader_options)
 from .estimator import MFCVAE, as_trained
 from .metrics import format_table
-from .serialization import CONFIG_FILE, MODEL_FILE
-from .train import CHECKPOINT_FILE, METRICS_FILE, read_checkpoint_metadata
+from .serialization import MODEL_FILE
+from .train import CHECKPOINT_FILE, RUN_FILES, TENSORBOARD_DIR, read_checkpoint_metadata
 
 DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
@@ -40,8 +40,7 @@ ALL_READER_OPTIONS = {o for r in (load_mnist, load_idx, load_svhn, load_3dshapes
                       for o in reader_options(r)}
 # What a fresh fit removes from its run folder (after --overwrite): an older run's files would not
 # describe the new run, and an old model beside the new data.json would be scored on the wrong data.
-STALE_OUTPUTS = ("evaluation.json", "report.html", "report_*.png", MODEL_FILE, CONFIG_FILE, CHECKPOINT_FILE,
-                 METRICS_FILE)
+STALE_OUTPUTS = ("evaluation.json", "report.html", "report_*.png", *RUN_FILES)
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
@@ -170,7 +169,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         for pattern in STALE_OUTPUTS:
             for stale in out.glob(pattern):
                 stale.unlink()
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
         write_data_record(out, *recorded)
     try:
         model.fit(parts["train"], run_dir=out, resume=args.resume)

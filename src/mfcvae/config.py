@@ -49,7 +49,7 @@ def yaml_load(text: str) -> object:
     return None if value == "None" else value
 
 
-def _check_real(name: str, value: object, low: float | None = None, low_open: bool = False) -> None:
+def check_real(name: str, value: object, low: float | None = None, low_open: bool = False) -> None:
     """A finite real number (not a bool), at least (or, with ``low_open``, above) ``low``."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
@@ -128,13 +128,13 @@ class ModelConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_bool("batch_norm", self.batch_norm)
         _check_bool("learn_weights", self.learn_weights)
-        _check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
-        _check_real("weight_floor", self.weight_floor, 0)
+        check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
+        check_real("weight_floor", self.weight_floor, 0)
         if not self.weight_floor <= 1:
             raise ValueError(f"weight_floor must be in [0, 1], got {self.weight_floor!r}")
         if self.merge_scale is None:
             object.__setattr__(self, "merge_scale", PAPER_MERGE_SCALE[self.architecture])
-        _check_real("merge_scale", self.merge_scale, 0, low_open=True)
+        check_real("merge_scale", self.merge_scale, 0, low_open=True)
         if not math.isfinite(self.merge_scale):
             raise ValueError(f"merge_scale must be finite, got {self.merge_scale!r}")
 
@@ -181,9 +181,9 @@ class TrainConfig:
         _numpy_scalars_to_python(self)
         _check_positive_ints("epochs", (self.epochs,))
         if self.max_seconds is not None:
-            _check_real("max_seconds", self.max_seconds, 0, low_open=True)
+            check_real("max_seconds", self.max_seconds, 0, low_open=True)
         _check_positive_ints("batch_size", (self.batch_size,))
-        _check_real("lr", self.lr, 0, low_open=True)
+        check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
         _check_bool("refit_at_end", self.refit_at_end)
@@ -192,8 +192,8 @@ class TrainConfig:
         _check_bool("init_variances", self.init_variances)
         if self.compile != "auto" and (isinstance(self.compile, str) or self.compile not in (True, False)):
             raise ValueError(f"compile must be true, false or 'auto', got {self.compile!r}")
-        _check_real("fade_fraction", self.fade_fraction)
-        _check_real("free_bits", self.free_bits)
+        check_real("fade_fraction", self.fade_fraction)
+        check_real("free_bits", self.free_bits)
         _check_count("seed", self.seed)
         if self.stage_epochs is not None:
             _check_positive_ints("stage_epochs", self.stage_epochs)
@@ -203,7 +203,7 @@ class TrainConfig:
             raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
         _check_choice("init", self.init, INITS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_real("lr_decay_start", self.lr_decay_start)
+        check_real("lr_decay_start", self.lr_decay_start)
         if not 0 <= self.lr_decay_start < 1:
             raise ValueError(f"lr_decay_start must be in [0, 1), got {self.lr_decay_start!r}")
         _check_count("pretrain_epochs", self.pretrain_epochs)

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built-in data: {len(data)} images {data.shape}, factors {sorted(data.labels)} (never shown to the model)")
     start = time.perf_counter()
     model = MFCVAE(**{**load_preset("demo"), "seed": args.seed})
+    model._validate_fit_input(data)  # before the run folder is touched
     out.mkdir(parents=True, exist_ok=True)
     write_data_record(out, DEMO_DATA, {})  # so that `mfcvae report/compose/evaluate runs/demo` find the data
     model.fit(data, run_dir=out)

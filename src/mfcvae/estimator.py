@@ -8,7 +8,6 @@ nothing of layer shapes (model.py) or of command lines (cli.py).
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import time
 import warnings
@@ -20,7 +19,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from .config import ARCHITECTURES, PRECISIONS, ModelConfig, TrainConfig
+from .config import ARCHITECTURES, PRECISIONS, ModelConfig, TrainConfig, check_real
 from .datasets import Dataset
 from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
@@ -184,12 +183,14 @@ class MFCVAE(BaseEstimator):
         weights are learned, weights). SGD leaves the mixture where the early, poorer embedding
         put it; a fresh fit finds clusters of the final one (beyond the paper; on by default;
         with ``max_seconds`` the training loop leaves it the time the initial mixture fit
-        took, scaled by the ratio of inputs, which is little with ``init="random"``). ``history_`` ends before it, so ``score`` after ``fit`` differs a
-        little from the last epoch's ELBO.
+        took, scaled by the ratio of inputs, which is little with ``init="random"``).
+        ``history_`` ends before it, so ``score`` after ``fit`` differs a little from the last
+        epoch's ELBO.
     refit_every : n > 0: as every n-th epoch starts, fit the switched-on facets' mixtures
         afresh in the same way, so that the rest of training pulls the encoder towards clusters
         of its current embedding (beyond the paper; 0, the default: never. Every 5 epochs it
-        fell behind on both seeds screened, ten CPU-minutes of Fashion-MNIST; README).
+        fell behind on both seeds screened, ten CPU-minutes of Fashion-MNIST, when the refits
+        fitted 20,000 inputs; README).
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
@@ -356,9 +357,12 @@ class MFCVAE(BaseEstimator):
         x = as_tensor(X)
         device = resolve_device(self.device)
         model_cfg = self._model_config(tuple(x.shape[1:]), resolve_precision(self.precision, device))
-        self._train_config()
-        if not (isinstance(self.verbose, numbers.Integral) and self.verbose >= 0):
-            raise ValueError(f"verbose must be true or false, got {self.verbose!r}")
+        train_cfg = self._train_config()
+        if train_cfg.stage_epochs is not None and len(train_cfg.stage_epochs) != len(model_cfg.n_clusters):
+            raise ValueError(f"stage_epochs needs one entry per facet ({len(model_cfg.n_clusters)}), "
+                             f"got {train_cfg.stage_epochs!r}")
+        if not (isinstance(self.verbose, (bool, np.bool_)) or (_is_int(self.verbose) and self.verbose >= 0)):
+            raise ValueError(f"verbose must be true or false (or a level >= 0), got {self.verbose!r}")
         if len(x) < 2:  # a mixture fit needs two points even for one cluster
             raise ValueError("X has 1 example: fit needs at least 2")
         if len(x) < max(model_cfg.n_clusters):
@@ -494,9 +498,7 @@ class MFCVAE(BaseEstimator):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if cluster is not None and facet is None:
             raise ValueError("cluster needs facet: say which facet's cluster to sample from")
-        if not (isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
-                and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        check_real("temperature", temperature, 0)
         if facet is not None:
             self._check_facet(facet)
         if cluster is not None:

@@ -50,16 +50,22 @@ def ari(labels: np.ndarray, clusters: np.ndarray) -> float:
 
 def _class_ids(name: str, y: np.ndarray, n: int) -> np.ndarray:
     """Label ``name`` as n class ids: integers, bools or strings; floats only where every value is
-    a whole number (as a data frame may hold integer labels). NaN is no class."""
+    a whole number (as a data frame may hold integer labels); Python objects only where they are
+    all of one of those kinds. NaN and None are no class."""
     if y.shape != (n,):
         raise ValueError(f"label {name!r} has shape {y.shape}, expected ({n},)")
+    if y.dtype.kind == "O":  # e.g. a data frame's column: what numpy makes of the values themselves
+        y = np.array(y.tolist())
+        if y.dtype.kind == "O":
+            raise ValueError(f"label {name!r} must hold class ids (integers or strings), got mixed values "
+                             f"such as {y[0]!r}")
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             raise ValueError(f"label {name!r} must hold class ids (integers or strings), got float values "
                              f"such as {y[bad][0]!r}")
-        return y.astype(np.int64)
-    if y.dtype.kind not in "biuUSO":
+        return np.unique(y, return_inverse=True)[1]  # not astype(int64): huge whole floats would collide
+    if y.dtype.kind not in "biuUS":
         raise ValueError(f"label {name!r} must hold class ids (integers or strings), got dtype {y.dtype}")
     return y
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import math
+import shutil
 import signal
 import threading
 import time
@@ -29,10 +30,14 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .model import MultiFacetVAE
 from .schedule import ProgressiveSchedule
-from .serialization import optimizer_from_tensors, optimizer_to_tensors, read_safetensors, write_safetensors
+from .serialization import (CONFIG_FILE, MODEL_FILE, optimizer_from_tensors, optimizer_to_tensors, read_safetensors,
+                            write_safetensors)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+# An older run's files in a run folder, which a fresh run removes as it first writes its own
+RUN_FILES = (CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, CONFIG_FILE)
 
 
 @dataclasses.dataclass
@@ -355,7 +360,7 @@ class Trainer:
         self._clock = (self.elapsed, time.perf_counter())
         # The bar follows the position, so that under a time budget it fills with the time spent.
         bar = tqdm(total=total, initial=self.position, disable=not self.verbose, unit="batch", dynamic_ncols=True)
-        writer = self._tensorboard()
+        writer = None  # TensorBoard's, opened with the run's first files
         try:
             with self._deferred_ctrl_c(bar):
                 while not self.finished:
@@ -364,6 +369,9 @@ class Trainer:
                     row = self._train_epoch(x, bar)
                     self.epoch += 1
                     self.history.append(row)
+                    if writer is None and self.run_dir is not None:
+                        self._claim_run_dir()
+                        writer = self._tensorboard()
                     self._log(row, writer)
                     if self.run_dir is not None:
                         self.save_checkpoint()
@@ -376,7 +384,9 @@ class Trainer:
             if self._stop_requested:
                 self.save_checkpoint()
             if self._saved_step is None:
-                raise KeyboardInterrupt("interrupted before the first checkpoint: nothing to resume") from None
+                older = "" if self._run_dir_claimed or not (self.run_dir / CHECKPOINT_FILE).exists() else \
+                    f" (the checkpoint in {self.run_dir} is an earlier run's)"
+                raise KeyboardInterrupt(f"interrupted before the first checkpoint: nothing to resume{older}") from None
             raise KeyboardInterrupt(f"interrupted: {self.run_dir / CHECKPOINT_FILE} holds step {self._saved_step}; "
                                     "fit again with resume=True to continue") from None
         finally:
@@ -551,27 +561,28 @@ class Trainer:
 
     # --- logs ----------------------------------------------------------------------
     def _tensorboard(self):
-        if self.run_dir is None:
+        if self.run_dir is None or importlib.util.find_spec("tensorboard") is None:
             return None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return None
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
+        return SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
 
     def _claim_run_dir(self) -> None:
-        """A fresh run's first write to run_dir removes an older run's metrics and checkpoint there;
-        until then (a bad value that fails in the first epoch, say) the older run stays whole."""
+        """A fresh run's first write to run_dir (after its first epoch, or at a Ctrl-C) removes an
+        older run's files there (RUN_FILES, TensorBoard logs); until then (a loss that turns NaN at
+        once, say) the older run stays whole."""
         if not self._run_dir_claimed:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in (METRICS_FILE, CHECKPOINT_FILE):
+            for stale in RUN_FILES:
                 (self.run_dir / stale).unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / TENSORBOARD_DIR, ignore_errors=True)
             self._run_dir_claimed = True
 
     def _log(self, row: dict, writer) -> None:
         if self.run_dir is None:
             return
-        self._claim_run_dir()
         path = self.run_dir / METRICS_FILE
         new = not path.exists()
         with path.open("a", newline="") as f:

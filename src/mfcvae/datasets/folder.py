@@ -8,6 +8,7 @@ size unless ``size`` asks for a resize; they are read as RGB unless every one is
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,10 @@ def _pixels(file: Path, grey: bool, size: tuple[int, int] | None) -> np.ndarray:
         raise ValueError(f"cannot read image {file}: {err}") from err
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def load_image_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> Dataset:
     """Images as (N, C, H, W) uint8 (C = 1 if all are greyscale, else 3); ``size``: resize to
     (H, W) (an int means square), bilinear. Hidden files and folders are skipped."""
@@ -58,11 +63,12 @@ def load_image_folder(path: str | Path, size: int | tuple[int, int] | None = Non
     if not files:
         raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                          "neither directly nor in sub-folders")
-    if isinstance(size, int) and not isinstance(size, bool):
+    if _is_int(size):
         size = (size, size)
     if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
-                                 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+                                 and all(_is_int(s) and s > 0 for s in size)):
         raise ValueError(f"size must be a positive integer or (height, width) of positive integers, got {size!r}")
+    size = None if size is None else (int(size[0]), int(size[1]))
 
     modes = []
     for file in files:  # Image.open reads only the header: cheap
