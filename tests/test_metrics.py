@@ -116,7 +116,7 @@ def test_evaluate_assignments_errors_name_the_problem():
         evaluate_assignments(assignments, {"digit": np.array([0.0, 1.0, np.nan, 1.0])})
     with pytest.raises(ValueError, match="'digit' must hold class ids.*complex"):
         evaluate_assignments(assignments, {"digit": np.zeros(4, dtype=complex)})
-    with pytest.raises(ValueError, match="'digit' must hold class ids.*mixed values"):
+    with pytest.raises(ValueError, match="'digit' must hold class ids.*kinds \\['NoneType', 'str'\\]"):
         evaluate_assignments(assignments, {"digit": np.array([None, "a", "b", "a"], dtype=object)})
 
 

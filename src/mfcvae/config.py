@@ -135,8 +135,6 @@ class ModelConfig:
         if self.merge_scale is None:
             object.__setattr__(self, "merge_scale", PAPER_MERGE_SCALE[self.architecture])
         check_real("merge_scale", self.merge_scale, 0, low_open=True)
-        if not math.isfinite(self.merge_scale):
-            raise ValueError(f"merge_scale must be finite, got {self.merge_scale!r}")
 
     @property
     def n_facets(self) -> int:

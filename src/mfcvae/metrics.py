@@ -57,8 +57,9 @@ def _class_ids(name: str, y: np.ndarray, n: int) -> np.ndarray:
     if y.dtype.kind == "O":  # e.g. a data frame's column: what numpy makes of the values themselves
         y = np.array(y.tolist())
         if y.dtype.kind == "O":
-            raise ValueError(f"label {name!r} must hold class ids (integers or strings), got mixed values "
-                             f"such as {y[0]!r}")
+            kinds = sorted({type(v).__name__ for v in y.tolist()})
+            raise ValueError(f"label {name!r} must hold class ids (integers or strings), got values of the "
+                             f"kinds {kinds}")
     if y.dtype.kind == "f":
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
