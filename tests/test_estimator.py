@@ -561,10 +561,11 @@ def test_fresh_fit_in_an_old_run_dir_forgets_the_old_logs(tiny_estimator, X, tmp
 
 
 def test_a_fresh_fit_failing_in_its_first_epoch_leaves_the_old_run_whole(tiny_estimator, X, tmp_path, monkeypatch):
-    """An older run's checkpoint and metrics go only when the new run first writes its own: a
-    fresh fit that fails before (a loss that turns NaN at once, say) leaves them resumable."""
+    """An older run's files (checkpoint, metrics, model) go only when the new run first writes its
+    own: a fresh fit that fails before (a loss that turns NaN at once, say) leaves them resumable."""
     tiny_estimator().fit(X, run_dir=tmp_path)
-    before = {name: (tmp_path / name).read_bytes() for name in (CHECKPOINT_FILE, METRICS_FILE)}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert {CHECKPOINT_FILE, METRICS_FILE, "model.safetensors", "config.json"} <= set(before)
 
     def diverge(self, *args, **kwargs):
         raise FloatingPointError("the loss became nan at epoch 1, step 1")
@@ -572,7 +573,7 @@ def test_a_fresh_fit_failing_in_its_first_epoch_leaves_the_old_run_whole(tiny_es
     monkeypatch.setattr(train_module.Trainer, "_train_epoch", diverge)
     with pytest.raises(FloatingPointError):
         tiny_estimator(lr=1e6).fit(X, run_dir=tmp_path)
-    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     monkeypatch.undo()
     assert len(tiny_estimator(epochs=4).fit(X, run_dir=tmp_path, resume=True).history_) == 4
 
