@@ -69,13 +69,18 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def is_int(value: object) -> bool:
+    """An integer, numpy's included; not a bool, though Python counts bools as ints, nor a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_count(name: str, value: object) -> None:
-    """A whole number >= 0 (a seed, a count of epochs); bools are refused though Python counts them as ints."""
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0):
+    """A whole number >= 0 (a seed, a count of epochs)."""
+    if not (is_int(value) and value >= 0):
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
 
-def _check_positive_ints(name: str, values: tuple, length: int | None = None) -> None:
+def check_positive_ints(name: str, values: tuple, length: int | None = None) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError(f"{name} must hold positive integers, got {values!r}")
     if length is not None and len(values) != length:
@@ -116,10 +121,10 @@ class ModelConfig:
         _numpy_scalars_to_python(self)
         if len(self.n_clusters) == 0:
             raise ValueError("n_clusters must name at least one facet")
-        _check_positive_ints("n_clusters", self.n_clusters)
-        _check_positive_ints("latent_dims", self.latent_dims, len(self.n_clusters))
-        _check_positive_ints("hidden_dims", self.hidden_dims, len(self.n_clusters))
-        _check_positive_ints("input_shape", self.input_shape)
+        check_positive_ints("n_clusters", self.n_clusters)
+        check_positive_ints("latent_dims", self.latent_dims, len(self.n_clusters))
+        check_positive_ints("hidden_dims", self.hidden_dims, len(self.n_clusters))
+        check_positive_ints("input_shape", self.input_shape)
         _check_choice("covariance", self.covariance, COVARIANCES)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         _check_choice("posterior", self.posterior, POSTERIORS)
@@ -177,10 +182,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _numpy_scalars_to_python(self)
-        _check_positive_ints("epochs", (self.epochs,))
+        check_positive_ints("epochs", (self.epochs,))
         if self.max_seconds is not None:
             check_real("max_seconds", self.max_seconds, 0, low_open=True)
-        _check_positive_ints("batch_size", (self.batch_size,))
+        check_positive_ints("batch_size", (self.batch_size,))
         check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)
         _check_bool("refit_on_stage", self.refit_on_stage)
@@ -194,7 +199,7 @@ class TrainConfig:
         check_real("free_bits", self.free_bits)
         _check_count("seed", self.seed)
         if self.stage_epochs is not None:
-            _check_positive_ints("stage_epochs", self.stage_epochs)
+            check_positive_ints("stage_epochs", self.stage_epochs)
         if self.fade_steps is not None:
             _check_count("fade_steps", self.fade_steps)
         if not 0 <= self.fade_fraction <= 1:

@@ -8,7 +8,6 @@ nothing of layer shapes (model.py) or of command lines (cli.py).
 from __future__ import annotations
 
 import contextlib
-import numbers
 import time
 import warnings
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from .config import ARCHITECTURES, PRECISIONS, ModelConfig, TrainConfig, check_real
+from .config import ARCHITECTURES, PRECISIONS, ModelConfig, TrainConfig, check_positive_ints, check_real, is_int
 from .datasets import Dataset
 from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
@@ -358,10 +357,9 @@ class MFCVAE(BaseEstimator):
         device = resolve_device(self.device)
         model_cfg = self._model_config(tuple(x.shape[1:]), resolve_precision(self.precision, device))
         train_cfg = self._train_config()
-        if train_cfg.stage_epochs is not None and len(train_cfg.stage_epochs) != len(model_cfg.n_clusters):
-            raise ValueError(f"stage_epochs needs one entry per facet ({len(model_cfg.n_clusters)}), "
-                             f"got {train_cfg.stage_epochs!r}")
-        if not (isinstance(self.verbose, (bool, np.bool_)) or (_is_int(self.verbose) and self.verbose >= 0)):
+        if train_cfg.stage_epochs is not None:  # TrainConfig does not know the number of facets
+            check_positive_ints("stage_epochs", train_cfg.stage_epochs, len(model_cfg.n_clusters))
+        if not (isinstance(self.verbose, (bool, np.bool_)) or (is_int(self.verbose) and self.verbose >= 0)):
             raise ValueError(f"verbose must be true or false (or a level >= 0), got {self.verbose!r}")
         if len(x) < 2:  # a mixture fit needs two points even for one cluster
             raise ValueError("X has 1 example: fit needs at least 2")
@@ -494,7 +492,7 @@ class MFCVAE(BaseEstimator):
         """n new inputs: every facet drawn from its prior at ``temperature``, facet ``facet``
         from its cluster ``cluster`` (controlled generation)."""
         self._check_fitted()
-        if not (_is_int(n) and n > 0):
+        if not (is_int(n) and n > 0):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if cluster is not None and facet is None:
             raise ValueError("cluster needs facet: say which facet's cluster to sample from")
@@ -503,7 +501,7 @@ class MFCVAE(BaseEstimator):
             self._check_facet(facet)
         if cluster is not None:
             last = self.model_.cfg.n_clusters[facet] - 1
-            if not (_is_int(cluster) and 0 <= cluster <= last):
+            if not (is_int(cluster) and 0 <= cluster <= last):
                 raise ValueError(f"facet {facet} has clusters 0..{last}: cluster must be an integer among them, "
                                  f"got {cluster!r}")
         generator = torch.Generator(self._device).manual_seed(self.seed if seed is None else seed)
@@ -542,7 +540,7 @@ class MFCVAE(BaseEstimator):
         return [p.log_weights.exp().detach().cpu().numpy() for p in self.model_.priors]
 
     def _check_facet(self, facet: int) -> None:
-        if not (_is_int(facet) and 0 <= facet < self.model_.n_facets):
+        if not (is_int(facet) and 0 <= facet < self.model_.n_facets):
             raise ValueError(f"facet must be an integer in [0, {self.model_.n_facets}), got {facet!r}")
 
     # --- persistence ---------------------------------------------------------------
@@ -565,8 +563,9 @@ class MFCVAE(BaseEstimator):
             model.load_state_dict(state)
         except RuntimeError as err:  # sizes or names differ: one of the two files was changed or swapped
             lines = str(err).splitlines()  # torch's first line only says that there are errors
+            detail = lines[1] if len(lines) > 1 else lines[0]
             raise ValueError(f"{Path(path)}: the weights do not fit the network its {CONFIG_FILE} describes: "
-                             f"{lines[-1 if len(lines) == 1 else 1].strip()}") from err
+                             f"{detail.strip()}") from err
         est.model_ = model.to(resolve_device(device)).eval()
         est.input_shape_, est.history_ = tuple(config["input_shape"]), config["history"]
         est.n_features_in_ = int(np.prod(est.input_shape_))
@@ -576,11 +575,6 @@ class MFCVAE(BaseEstimator):
 def _shape_of(X) -> tuple[int, ...]:
     """The shape of validated inputs X as the caller gave them (a Dataset: its stored shape)."""
     return tuple(X.x.shape) if isinstance(X, Dataset) else tuple(np.shape(X))
-
-
-def _is_int(value: object) -> bool:
-    """A whole number given as an integer (numpy's included), not a bool or a float."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _as_tuple(name: str, value) -> tuple:

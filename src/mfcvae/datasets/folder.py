@@ -8,12 +8,12 @@ size unless ``size`` asks for a resize; they are read as RGB unless every one is
 
 from __future__ import annotations
 
-import numbers
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..config import is_int
 from .base import Dataset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -48,10 +48,6 @@ def _pixels(file: Path, grey: bool, size: tuple[int, int] | None) -> np.ndarray:
         raise ValueError(f"cannot read image {file}: {err}") from err
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def load_image_folder(path: str | Path, size: int | tuple[int, int] | None = None) -> Dataset:
     """Images as (N, C, H, W) uint8 (C = 1 if all are greyscale, else 3); ``size``: resize to
     (H, W) (an int means square), bilinear. Hidden files and folders are skipped."""
@@ -63,10 +59,10 @@ def load_image_folder(path: str | Path, size: int | tuple[int, int] | None = Non
     if not files:
         raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                          "neither directly nor in sub-folders")
-    if _is_int(size):
+    if is_int(size):
         size = (size, size)
     if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2
-                                 and all(_is_int(s) and s > 0 for s in size)):
+                                 and all(is_int(s) and s > 0 for s in size)):
         raise ValueError(f"size must be a positive integer or (height, width) of positive integers, got {size!r}")
     size = None if size is None else (int(size[0]), int(size[1]))
 
