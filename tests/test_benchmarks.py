@@ -188,9 +188,9 @@ def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tm
 
 
 def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, monkeypatch, capsys, tiny_estimator):
-    """Each fit seed refits the best facet as refit_at_end does, for each number of inputs; the first
-    seed's row at refit_at_end's number is what a fresh fit with refit_at_end and that seed would
-    give the facet (fit seed 0 = run seed 0); another number is compared with the first."""
+    """Each fit seed refits the best facet as refit_at_end does, for each number of inputs and each
+    start; the first seed's row at refit_at_end's number is what a fresh fit with refit_at_end and
+    that seed would give the facet (fit seed 0 = run seed 0); other settings are compared with the first."""
     data = budget.load_data("demo", None)
     plain = tiny_estimator(epochs=1, refit_at_end=False).fit(data)
     plain.save(tmp_path / "model")
@@ -201,15 +201,22 @@ def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, mo
     refit_starts.main()
     with (tmp_path / "refit_starts.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["fit_seed"], r["points"]) for r in rows] == [("0", str(REFIT_MAX_POINTS)), ("1", str(REFIT_MAX_POINTS)),
-                                                           ("0", "100"), ("1", "100")]
+    assert [(r["points"], r["start"], r["fit_seed"]) for r in rows] == [
+        (points, "kmeans", seed) for points in (str(REFIT_MAX_POINTS), "100") for seed in ("0", "1")]
     assert all(r["machine"].endswith(", day 1") and r["model"] == f"{tmp_path.name}/model" for r in rows)
     out = capsys.readouterr().out
-    assert "as saved" in out and f"at most 100 inputs against {REFIT_MAX_POINTS}" in out
+    assert "as saved" in out and f"at most 100 inputs from kmeans against {REFIT_MAX_POINTS} from kmeans" in out
     refit = tiny_estimator(epochs=1).fit(data)
     facet = int(rows[0]["facet"])
     accuracy = many_to_one_accuracy(data.labels["shape"], refit.predict(data)[:, facet])
     assert float(rows[0]["accuracy"]) == pytest.approx(accuracy, abs=1e-4)
+
+    monkeypatch.setattr(sys, "argv", ["refit_starts.py", str(tmp_path / "model"), "--data", "demo", "--label", "shape",
+                                      "--fits", "1", "--points", "300", "--starts", "kmeans", "spectral"])
+    refit_starts.main()  # each start scored, the second against the first
+    with (tmp_path / "refit_starts.csv").open() as f:
+        assert [(r["points"], r["start"]) for r in list(csv.DictReader(f))[4:]] == [("300", "kmeans"), ("300", "spectral")]
+    assert "at most 300 inputs from spectral against 300 from kmeans" in capsys.readouterr().out
 
 
 def test_demo_table_shows_the_latest_run_per_data_set_seed_and_epochs(tmp_path, monkeypatch, capsys):

@@ -361,17 +361,19 @@ def test_refit_at_end_fits_the_trained_encoders_output(tiny_estimator, X):
 def test_refit_every_fits_the_switched_on_facets_mixtures_as_every_nth_epoch_starts(tiny_estimator, X, monkeypatch):
     """refit_every=2 over 6 epochs: fresh fits to draws from q(z|x) (as refit_at_end makes) as
     epochs 3 and 5 start, seeded by the run's seed plus the epoch, of the facets then switched
-    on: the top facet alone while the lower one waits for its stage (from epoch 4 of 6)."""
+    on: the top facet alone while the lower one waits for its stage (from epoch 4 of 6), each
+    EM begun from refit_start."""
     calls = []
 
-    def recording(model, x, method, seed, device, facets=None, fit_variances=False, draws=False, max_points=None):
-        calls.append((seed, facets, method, fit_variances, draws))
-        return initialise_priors(model, x, method, seed, device, facets, fit_variances, draws, max_points)
+    def recording(model, x, method, seed, device, facets=None, fit_variances=False, draws=False, max_points=None,
+                  start="kmeans"):
+        calls.append((seed, facets, method, fit_variances, draws, start))
+        return initialise_priors(model, x, method, seed, device, facets, fit_variances, draws, max_points, start)
 
     monkeypatch.setattr(train_module, "initialise_priors", recording)
-    est = tiny_estimator(epochs=6, refit_every=2, refit_at_end=False, seed=7).fit(X)
+    est = tiny_estimator(epochs=6, refit_every=2, refit_at_end=False, seed=7, refit_start="spectral").fit(X)
     refits = [c for c in calls if c[4]]
-    assert refits == [(9, [1], "gmm", True, True), (11, [0, 1], "gmm", True, True)]
+    assert refits == [(9, [1], "gmm", True, True, "spectral"), (11, [0, 1], "gmm", True, True, "spectral")]
     calls.clear()
     tiny_estimator(epochs=6, refit_at_end=False, seed=7).fit(X)  # off by default
     assert not [c for c in calls if c[4]]

@@ -8,7 +8,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from mfcvae import train as train_module
-from mfcvae.train import initialise_priors, refit_priors, reseed_dead_clusters
+from mfcvae.train import initialise_priors, refit_priors, reseed_dead_clusters, spectral_start
 
 CPU = torch.device("cpu")
 
@@ -78,6 +78,65 @@ def test_the_first_fit_and_the_refit_each_take_their_own_number_of_inputs(make_m
     refit_priors(model, x, seed=0, device=CPU, max_points=500)  # more than there are: all of them
     initialise_priors(model, x, "gmm", seed=0, device=CPU, max_points=40)
     assert sizes == [60, 60, 150, 150, 200, 200, 40, 40]  # one fit per facet
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_the_spectral_start_takes_the_moments_of_the_graphs_groups(covariance):
+    """Three separated groups of 60, 120 and 180 points: the cut finds them, and the start is
+    their shares, means and precisions (1 / variance, or the inverse covariance), as EM's
+    M-step would compute them from those groups (biased moments plus reg_covar)."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = [60, 120, 180]
+    z = np.concatenate([c + rng.normal(size=(n, 2)) * [1.0, 0.5] for c, n in zip(centres, sizes)])
+    start = spectral_start(z, z, 3, covariance, seed=0)
+    order = np.argsort(start["weights_init"])
+    np.testing.assert_allclose(start["weights_init"][order], np.array(sizes) / 360)
+    groups = np.split(z, np.cumsum(sizes)[:-1])
+    np.testing.assert_allclose(start["means_init"][order], [g.mean(0) for g in groups])
+    covariances = [np.cov(g.T, bias=True) + 1e-6 * np.eye(2) for g in groups]
+    expected = [np.linalg.inv(c) for c in covariances] if covariance == "full" else [1 / np.diag(c) for c in covariances]
+    np.testing.assert_allclose(start["precisions_init"][order], expected, rtol=1e-10)
+
+
+def test_the_spectral_start_takes_its_moments_over_the_draws_it_is_given():
+    """The graph is built on the posterior means, the moments are of ``z`` (the draws EM fits)."""
+    rng = np.random.default_rng(1)
+    means = np.concatenate([rng.normal(size=(50, 2)), 20 + rng.normal(size=(50, 2))])
+    z = means + 3.0
+    start = spectral_start(means, z, 2, "diag", seed=0)
+    np.testing.assert_allclose(np.sort(start["means_init"][:, 0]), np.sort([means[:50, 0].mean(), means[50:, 0].mean()]) + 3)
+
+
+def test_the_spectral_start_gives_way_to_kmeans_when_a_group_has_under_two_points(monkeypatch):
+    class OneAlone:
+        def __init__(self, n_clusters, **kwargs):
+            pass
+
+        def fit_predict(self, x):
+            return np.r_[0, np.ones(len(x) - 1, dtype=int)]
+
+    monkeypatch.setattr(train_module, "SpectralClustering", OneAlone)
+    z = np.random.default_rng(0).normal(size=(40, 2))
+    assert spectral_start(z, z, 2, "full", seed=0) == {}
+
+
+def test_a_refit_from_the_spectral_start_runs_em_from_it(make_model, monkeypatch):
+    """refit_priors(start="spectral") hands each facet's EM the spectral start; "kmeans" hands it
+    nothing (scikit-learn's own k-means start)."""
+    starts = []
+
+    class Recording(GaussianMixture):
+        def fit(self, z, y=None):
+            starts.append(self.means_init)
+            return super().fit(z)
+
+    monkeypatch.setattr(train_module, "GaussianMixture", Recording)
+    model, x = make_model().eval(), torch.rand(200, 3, 4, 4)
+    refit_priors(model, x, seed=0, device=CPU, start="spectral")
+    assert len(starts) == 2 and all(s is not None and len(s) == k for s, k in zip(starts, (4, 3)))
+    refit_priors(model, x, seed=0, device=CPU)
+    assert starts[2:] == [None, None]
 
 
 def test_fitted_variances_leave_fixed_weights_alone(make_model):

@@ -53,6 +53,18 @@ def test_report_is_self_contained_and_every_image_decodes(fitted, data, tmp_path
     assert page.count("<tr class=best>") == len(data.labels)
 
 
+def test_a_new_report_removes_the_figures_of_the_one_it_replaces(fitted, data, tmp_path):
+    out = tmp_path / "report.html"
+    build_report(fitted, data, out, ReportOptions(per_cluster=2, n_samples=2))
+    with_data = {p.name for p in tmp_path.glob("report_*.png")}
+    (tmp_path / "report_mine.png").write_bytes(b"not ours")  # a user's file the report never named
+    build_report(fitted, None, out)  # no data: no confusion matrices, no inputs per cluster
+    page = out.read_text()
+    left = {p.name for p in tmp_path.glob("report_*.png")}
+    assert left == set(re.findall(r"\((report_[\w.-]+\.png)\)</figcaption>", page)) | {"report_mine.png"}
+    assert any(name.startswith("report_confusion") for name in with_data) and left < with_data | {"report_mine.png"}
+
+
 def test_figure_grids_match_clusters_and_counts(fitted, data):
     x = data.x[:]
     proba = fitted.predict_proba(x)

@@ -139,6 +139,14 @@ def test_the_time_kept_for_the_refit_grows_with_the_inputs_it_fits(tiny_estimato
     assert slow_fits.now == pytest.approx(2.5, abs=0.1)
 
 
+def test_a_spectral_start_keeps_back_its_cost_as_well(tiny_estimator, X, slow_fits, monkeypatch):
+    """refit_start="spectral" adds SPECTRAL_COST_RATIO times the first fit (here 2: 1.0 s more kept
+    back than the 0.5 s refit takes, so the fit ends 1.0 s early)."""
+    monkeypatch.setattr(estimator_module, "SPECTRAL_COST_RATIO", 2.0)
+    tiny_estimator(epochs=1000, max_seconds=3.0, refit_start="spectral").fit(X)
+    assert slow_fits.now == pytest.approx(2.0, abs=0.1)
+
+
 def test_cli_max_seconds_reaches_the_estimator(tmp_path, shapes_data, clock):
     x, labels = shapes_data
     np.savez(tmp_path / "data.npz", x=x, **labels)

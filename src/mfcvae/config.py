@@ -28,6 +28,7 @@ ARCHITECTURES = ("mlp", "conv")
 ACTIVATIONS = ("relu", "elu")
 INITS = ("gmm", "random")
 LR_SCHEDULES = ("constant", "cosine")
+REFIT_STARTS = ("kmeans", "spectral")
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -174,6 +175,7 @@ class TrainConfig:
     refit_on_stage: bool = False
     refit_at_end: bool = False
     refit_every: int = 0
+    refit_start: str = "kmeans"
     reseed_dead: bool = False
     free_bits: float = 0.0
     max_seconds: float | None = None
@@ -205,6 +207,7 @@ class TrainConfig:
         if not 0 <= self.fade_fraction <= 1:
             raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
         _check_choice("init", self.init, INITS)
+        _check_choice("refit_start", self.refit_start, REFIT_STARTS)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_real("lr_decay_start", self.lr_decay_start)
         if not 0 <= self.lr_decay_start < 1:

@@ -24,8 +24,8 @@ from .ladder import conv_ladder_fits
 from .metrics import evaluate_assignments
 from .model import MultiFacetVAE
 from .serialization import CONFIG_FILE, read_model_dir, read_safetensors, write_model_dir
-from .train import (CHECKPOINT_FILE, GMM_MAX_POINTS, REFIT_MAX_POINTS, Trainer, data_fingerprint,
-                    initialise_priors, map_batches, recalibrate_batch_norm, refit_priors)
+from .train import (CHECKPOINT_FILE, GMM_MAX_POINTS, REFIT_MAX_POINTS, SPECTRAL_COST_RATIO, Trainer,
+                    data_fingerprint, initialise_priors, map_batches, recalibrate_batch_norm, refit_priors)
 from .validation import as_tensor
 
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ RESUMABLE_CHANGES = {"epochs", "verbose", "device", "compile"}
 # Parameters added after models and checkpoints were first saved, with the value that describes
 # how a file without them was trained (today's default may differ).
 BEFORE_THEY_EXISTED = {"weight_floor": 0.0, "reseed_dead": False, "refit_at_end": False, "refit_every": 0,
-                      "lr_decay_start": 0.0}
+                      "lr_decay_start": 0.0, "refit_start": "kmeans"}
 
 
 def as_trained(saved_params: dict) -> dict:
@@ -190,6 +190,11 @@ class MFCVAE(BaseEstimator):
         of its current embedding (beyond the paper; 0, the default: never. Every 5 epochs it
         fell behind on both seeds screened, ten CPU-minutes of Fashion-MNIST, when the refits
         fitted 20,000 inputs; README).
+    refit_start : where those refits' EM starts: "kmeans" (scikit-learn's start) or "spectral"
+        (the groups of a cut of the graph joining each encoded input to its 15 nearest; see
+        ``train.spectral_start``): on 15 saved Fashion-MNIST models its refits matched the
+        classes better (+0.015), but four ten-minute runs with it were not ahead (beyond the
+        paper; README, "The end refit's start").
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
@@ -253,6 +258,7 @@ class MFCVAE(BaseEstimator):
         refit_on_stage: bool = False,
         refit_at_end: bool = True,
         refit_every: int = 0,
+        refit_start: str = "kmeans",
         reseed_dead: bool = True,
         free_bits: float = 2.0,
         max_seconds: float | None = None,
@@ -290,6 +296,7 @@ class MFCVAE(BaseEstimator):
         self.refit_on_stage = refit_on_stage
         self.refit_at_end = refit_at_end
         self.refit_every = refit_every
+        self.refit_start = refit_start
         self.reseed_dead = reseed_dead
         self.free_bits = free_bits
         self.max_seconds = max_seconds
@@ -345,7 +352,8 @@ class MFCVAE(BaseEstimator):
             progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
             fade_fraction=self.fade_fraction, init=self.init, init_variances=self.init_variances,
             pretrain_epochs=self.pretrain_epochs, refit_on_stage=self.refit_on_stage,
-            refit_at_end=self.refit_at_end, refit_every=self.refit_every, free_bits=self.free_bits,
+            refit_at_end=self.refit_at_end, refit_every=self.refit_every, refit_start=self.refit_start,
+            free_bits=self.free_bits,
             reseed_dead=self.reseed_dead,
             max_seconds=self.max_seconds, seed=self.seed, compile=self.compile,
         )
@@ -404,13 +412,15 @@ class MFCVAE(BaseEstimator):
                 fit_started = time.perf_counter()
                 initialise_priors(model, x, train_cfg.init, train_cfg.seed, device,
                                   fit_variances=train_cfg.init_variances)
-                # the refit encodes and fits more inputs than this fit did, for proportionally longer
-                fit_seconds = (time.perf_counter() - fit_started) * min(len(x), REFIT_MAX_POINTS) \
-                    / min(len(x), GMM_MAX_POINTS)
+                # the refit encodes and fits more inputs than this fit did, for proportionally longer,
+                # and a spectral start costs a multiple of this fit besides
+                fit_seconds = (time.perf_counter() - fit_started) * (
+                    min(len(x), REFIT_MAX_POINTS) / min(len(x), GMM_MAX_POINTS)
+                    + (SPECTRAL_COST_RATIO if train_cfg.refit_start == "spectral" else 0.0))
             trainer.run(x, reserve_seconds=fit_seconds if train_cfg.refit_at_end else 0.0)
             recalibrate_batch_norm(model, x, train_cfg.batch_size, device, train_cfg.seed)
             if train_cfg.refit_at_end:
-                refit_priors(model.eval(), x, train_cfg.seed, device)
+                refit_priors(model.eval(), x, train_cfg.seed, device, start=train_cfg.refit_start)
 
         self.model_, self.input_shape_, self.history_ = model.eval(), tuple(x.shape[1:]), trainer.history
         self.n_features_in_ = int(np.prod(self.input_shape_))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,7 +191,11 @@ figure.small{display:inline-block;vertical-align:top;max-width:32%;margin:.5em}"
 
 
 def _write(sections: list[Section], out: Path) -> None:
+    """Write the page and its figures; figures of an earlier report at ``out`` that this one
+    does not draw (a facet fewer, no data this time) are removed, so none is left to mislead."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    earlier = _figure_names(out.read_text(encoding="utf-8", errors="replace")) if out.is_file() else set()
+    written = set()
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>mfcvae report</title><style>{CSS}</style>"
              "</head><body><h1>mfcvae report</h1>"]
     for section in sections:
@@ -199,12 +204,21 @@ def _write(sections: list[Section], out: Path) -> None:
             png = _png(fig)
             name = f"{out.stem}_{stem}.png"
             (out.parent / name).write_bytes(png)
+            written.add(name)
             css = " class=small" if stem.startswith("confusion") else ""
             parts.append(f"<figure{css}><img alt='{html.escape(stem)}' src='data:image/png;base64,"
                          f"{base64.b64encode(png).decode()}'><figcaption>{html.escape(caption)} ({html.escape(name)})"
                          "</figcaption></figure>")
     parts.append("</body></html>")
     out.write_text("\n".join(parts), encoding="utf-8")
+    for name in earlier - written:
+        if name.startswith(f"{out.stem}_"):  # only files the earlier report named as its own
+            (out.parent / name).unlink(missing_ok=True)
+
+
+def _figure_names(page: str) -> set[str]:
+    """The PNG files a report page names in its captions (as ``_write`` writes them)."""
+    return {html.unescape(name) for name in re.findall(r"\(([^()<>/\\]+\.png)\)</figcaption>", page)}
 
 
 def _png(fig: Figure) -> bytes:

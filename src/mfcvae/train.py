@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.cluster import SpectralClustering
 from sklearn.mixture import GaussianMixture
 from torch import nn
 from tqdm.auto import tqdm
@@ -55,6 +56,11 @@ GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many 
 # A trained model's refit fits on at most this many: on 12 saved Fashion-MNIST models all 70,000
 # inputs gave a little more accurate partitions than 20,000 (+0.004; benchmarks/refit_starts.py)
 REFIT_MAX_POINTS = 100_000
+# refit_start="spectral": the neighbours per input in the graph the partition cuts (UMAP's default), and the
+# cost of that partition as a multiple of the first mixture fit's (measured on Fashion-MNIST, 20,000
+# inputs, 5-D latents: about 4.5 s a facet against 0.4 s), for the time max_seconds keeps back for it
+SPECTRAL_NEIGHBOURS = 15
+SPECTRAL_COST_RATIO = 11.0
 RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
 DEAD_SHARE = 0.1  # ... a cluster is dead below this fraction of its fair share (1/K) of them
 
@@ -168,7 +174,7 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 @torch.no_grad()
 def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: int, device: torch.device,
                       facets: list[int] | None = None, fit_variances: bool = False, draws: bool = False,
-                      max_points: int | None = None) -> None:
+                      max_points: int | None = None, start: str = "kmeans") -> None:
     """Place each facet's component means among the encoded training data (SPEC section 6),
     fitted to at most ``max_points`` random inputs (None: GMM_MAX_POINTS).
 
@@ -182,6 +188,9 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
     With ``draws`` the mixture is fitted to one draw z ~ q(z_j|x) per input instead of the
     means: to the aggregate posterior, whose spread includes the encoder's variances (what
     ``refit_at_end`` fits a trained model's priors to).
+
+    ``start`` (gmm only): where the mixture's EM starts. "kmeans" is scikit-learn's k-means
+    start; "spectral" starts from ``spectral_start``'s partition of the posterior means.
     """
     rng = np.random.default_rng(seed)
     max_points = GMM_MAX_POINTS if max_points is None else max_points
@@ -190,14 +199,15 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
     posteriors = map_batches(lambda xb: [t for m, v in model.encode(xb) for t in (m, v)], x, 1024, device)
     noise = torch.Generator().manual_seed(seed)
     for j in range(model.n_facets) if facets is None else facets:
-        prior, (z, var) = model.priors[j], posteriors[2 * j:2 * j + 2]
-        if draws:
-            z = z + var.sqrt() * torch.randn(z.shape, generator=noise, dtype=z.dtype)
+        prior, (means, var) = model.priors[j], posteriors[2 * j:2 * j + 2]
+        z = means + var.sqrt() * torch.randn(means.shape, generator=noise, dtype=means.dtype) if draws else means
         z = z.double().numpy()
         if method == "gmm":
             full = fit_variances and prior.covariance == "full"
-            gmm = GaussianMixture(prior.n_clusters, covariance_type="full" if full else "diag",
-                                  random_state=seed).fit(z)
+            covariance = "full" if full else "diag"
+            begin = {} if start == "kmeans" else spectral_start(means.double().numpy(), z, prior.n_clusters,
+                                                                  covariance, seed)
+            gmm = GaussianMixture(prior.n_clusters, covariance_type=covariance, random_state=seed, **begin).fit(z)
             prior.set_means(torch.from_numpy(gmm.means_))
             if fit_variances:
                 set_covariances = prior.set_covariances if full else prior.set_variances
@@ -208,13 +218,42 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, method: str, seed: 
             prior.set_means(torch.from_numpy(z[rng.choice(len(z), prior.n_clusters, replace=False)]))
 
 
+def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, seed: int) -> dict:
+    """GaussianMixture start parameters (weights, means, precisions) from a spectral partition
+    of the graph joining each posterior mean to its SPECTRAL_NEIGHBOURS nearest (at most
+    GMM_MAX_POINTS of them, drawn at random), the groups' moments taken over ``z``.
+
+    Why: a mixture's likelihood favours partitions that split wide groups and merge close
+    ones, and EM from k-means ends in one of those; a cut of the neighbour graph follows the
+    data's connected regions instead, and EM started there tends to stay near them (on 15 saved
+    Fashion-MNIST models, partitions closer to the classes; README, "The end refit's start").
+    {} (k-means' start) when a group has fewer than 2 points to take moments of.
+    """
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
+    with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        groups = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),
+                                    assign_labels="cluster_qr", random_state=seed).fit_predict(means[pick])
+    z = z[pick]
+    sizes = np.bincount(groups, minlength=k)
+    if sizes.min() < 2:
+        return {}
+    centres = np.stack([z[groups == c].mean(0) for c in range(k)])
+    reg = 1e-6 * np.eye(z.shape[1])  # GaussianMixture's reg_covar
+    covariances = np.stack([np.cov(z[groups == c].T, bias=True).reshape(z.shape[1], z.shape[1]) + reg
+                            for c in range(k)])
+    precisions = np.linalg.inv(covariances) if covariance == "full" else 1 / np.diagonal(covariances, axis1=1, axis2=2)
+    return {"weights_init": sizes / sizes.sum(), "means_init": centres, "precisions_init": precisions}
+
+
 def refit_priors(model: MultiFacetVAE, x: torch.Tensor, seed: int, device: torch.device,
-                 facets: list[int] | None = None, max_points: int | None = None) -> None:
+                 facets: list[int] | None = None, max_points: int | None = None, start: str = "kmeans") -> None:
     """The refit of ``refit_at_end`` and ``refit_every``: each facet's mixture (means, covariances
     and learned weights) fitted afresh to one draw from q(z_j|x) per input, for at most
-    ``max_points`` inputs (None: REFIT_MAX_POINTS)."""
+    ``max_points`` inputs (None: REFIT_MAX_POINTS), its EM begun from ``start``."""
     initialise_priors(model, x, "gmm", seed, device, facets=facets, fit_variances=True, draws=True,
-                      max_points=REFIT_MAX_POINTS if max_points is None else max_points)
+                      max_points=REFIT_MAX_POINTS if max_points is None else max_points, start=start)
 
 
 @torch.no_grad()
@@ -542,7 +581,8 @@ class Trainer:
         n = self.cfg.refit_every
         if not n or self.epoch == 0 or self.epoch % n:
             return
-        refit_priors(self._eval_mode(x), x, self.cfg.seed + self.epoch, self.device, self._switched_on())
+        refit_priors(self._eval_mode(x), x, self.cfg.seed + self.epoch, self.device, self._switched_on(),
+                     start=self.cfg.refit_start)
 
     def _reseed_dead(self, x: torch.Tensor) -> dict[str, int]:
         """With ``reseed_dead``, as an epoch after the first starts: re-seed the dead clusters of the
