@@ -28,8 +28,8 @@ from budget import load_data
 from common import machine
 
 from mfcvae import MFCVAE
-from mfcvae.metrics import many_to_one_accuracy
 from mfcvae.config import REFIT_STARTS
+from mfcvae.metrics import many_to_one_accuracy
 from mfcvae.train import REFIT_MAX_POINTS, refit_priors
 
 RESULTS = Path(__file__).parent / "results" / "refit_starts.csv"

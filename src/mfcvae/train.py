@@ -233,8 +233,8 @@ def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, se
     pick = rng.choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
     with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        groups = SpectralClustering(k, affinity="nearest_neighbors", n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),
-                                    assign_labels="cluster_qr", random_state=seed).fit_predict(means[pick])
+        groups = SpectralClustering(k, affinity="nearest_neighbors", assign_labels="cluster_qr", random_state=seed,
+                                    n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1)).fit_predict(means[pick])
     z = z[pick]
     sizes = np.bincount(groups, minlength=k)
     if sizes.min() < 2:
