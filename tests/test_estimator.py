@@ -346,14 +346,16 @@ def test_resume_keeps_the_arithmetic_the_run_started_in(tiny_estimator, X, tmp_p
 
 def test_refit_at_end_fits_the_trained_encoders_output(tiny_estimator, X):
     """The same run with and without refit_at_end trains the same networks; the priors differ by
-    exactly one mixture fit to draws from q(z|x), seeded by the run's seed."""
+    exactly one mixture fit to draws from q(z|x), begun from the default's spectral start and
+    seeded by the run's seed."""
     plain = tiny_estimator(epochs=3, refit_at_end=False).fit(X)
     refit = tiny_estimator(epochs=3).fit(X)  # on by default
     for name, p in plain.model_.named_parameters():
         if not name.startswith("priors."):
             torch.testing.assert_close(refit.model_.get_parameter(name), p, rtol=0, atol=0, msg=name)
     assert not torch.allclose(refit.model_.priors[1].means, plain.model_.priors[1].means)
-    initialise_priors(plain.model_, torch.as_tensor(X), "gmm", 0, torch.device("cpu"), fit_variances=True, draws=True)
+    initialise_priors(plain.model_, torch.as_tensor(X), "gmm", 0, torch.device("cpu"), fit_variances=True, draws=True,
+                      start="spectral")
     for a, b in zip(plain.predict_proba(X), refit.predict_proba(X)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -382,17 +384,18 @@ def test_refit_every_fits_the_switched_on_facets_mixtures_as_every_nth_epoch_sta
 
 def test_files_saved_before_reseed_dead_weight_floor_and_refit_at_end_existed_keep_how_they_were_trained(
         tiny_estimator, fitted, X, tmp_path):
-    """They trained without any of them; the defaults reseed_dead=True and refit_at_end=True must
-    not be read into them: a loaded model reports False for both, and resuming such a checkpoint
-    with the defaults is refused, naming the parameters."""
+    """They trained without any of them; the defaults reseed_dead=True, refit_at_end=True and
+    refit_start="spectral" must not be read into them: a loaded model reports False for both and
+    k-means' start, and resuming such a checkpoint with the defaults is refused, naming the parameters."""
     fitted.save(tmp_path / "model")
     config_file = tmp_path / "model" / "config.json"
     config = json.loads(config_file.read_text())
-    for name in ("reseed_dead", "weight_floor", "refit_at_end"):
+    for name in ("reseed_dead", "weight_floor", "refit_at_end", "refit_start"):
         del config["params"][name]
     config_file.write_text(json.dumps(config))
     loaded = MFCVAE.load(tmp_path / "model", device="cpu")
-    assert (loaded.reseed_dead, loaded.weight_floor, loaded.refit_at_end) == (False, 0.0, False)
+    assert (loaded.reseed_dead, loaded.weight_floor, loaded.refit_at_end, loaded.refit_start) == \
+        (False, 0.0, False, "kmeans")
 
     run = tmp_path / "run"
     tiny_estimator(epochs=1, reseed_dead=False, refit_at_end=False).fit(X, run_dir=run)

@@ -115,12 +115,12 @@ def slow_fits(monkeypatch) -> FakeClock:
 
 
 def test_refit_at_end_gets_the_time_the_first_mixture_fit_took(tiny_estimator, X, slow_fits):
-    """With refit_at_end the loop stops early by what the initial mixture fit cost, so that the
-    fit at the end stays inside max_seconds."""
+    """With refit_at_end (from k-means' start) the loop stops early by what the initial mixture fit
+    cost, so that the fit at the end stays inside max_seconds."""
     clock = slow_fits
     steps, seconds = {}, {}
     for refit in (False, True):
-        est = tiny_estimator(epochs=1000, max_seconds=3.0, refit_at_end=refit)
+        est = tiny_estimator(epochs=1000, max_seconds=3.0, refit_at_end=refit, refit_start="kmeans")
         start = clock.now
         est.fit(X)
         steps[refit], seconds[refit] = est.history_[-1]["step"], clock.now - start
@@ -135,7 +135,7 @@ def test_the_time_kept_for_the_refit_grows_with_the_inputs_it_fits(tiny_estimato
     for module in (estimator_module, train_module):
         monkeypatch.setattr(module, "GMM_MAX_POINTS", len(X) // 4)
         monkeypatch.setattr(module, "REFIT_MAX_POINTS", len(X) // 2)
-    tiny_estimator(epochs=1000, max_seconds=3.0).fit(X)
+    tiny_estimator(epochs=1000, max_seconds=3.0, refit_start="kmeans").fit(X)
     assert slow_fits.now == pytest.approx(2.5, abs=0.1)
 
 

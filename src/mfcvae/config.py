@@ -175,7 +175,7 @@ class TrainConfig:
     refit_on_stage: bool = False
     refit_at_end: bool = False
     refit_every: int = 0
-    refit_start: str = "kmeans"
+    refit_start: str = "spectral"
     reseed_dead: bool = False
     free_bits: float = 0.0
     max_seconds: float | None = None
