@@ -197,8 +197,8 @@ class MFCVAE(BaseEstimator):
         better: +0.041 over five paired ten-minute runs (0.680 against 0.639); refitting saved
         models, +0.015 on 15 and +0.034 on 5; on three tinted models colour stayed at 1.000 and
         the item moved by -0.012 to +0.033 (beyond the paper; README, "Default changed: the
-        spectral start"). The cut's time varies from run to run, so under ``max_seconds`` a
-        fit may end some seconds after the deadline (606-627 s in ten-minute runs).
+        spectral start"). Those runs ended at 606-627 s, the cut then solved by arpack, whose
+        time varies; it uses lobpcg since, far quicker.
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
@@ -210,8 +210,8 @@ class MFCVAE(BaseEstimator):
         progressive and learning-rate schedules are laid over the time instead of the
         mini-batches, and training stops at the deadline or after ``epochs``, whichever comes
         first (so make ``epochs`` generous); the time kept back for ``refit_at_end`` is an
-        estimate, short by up to 27 s in ten-minute runs with the spectral start. None: no time
-        limit, the run is ``epochs`` long.
+        estimate (short by up to 27 s in ten-minute runs with the spectral start's earlier
+        arpack solver). None: no time limit, the run is ``epochs`` long.
         Timed runs are not reproducible to the bit: where stages switch depends on the machine.
     seed : same seed, same data, same machine -> same clusters.
     device : "auto" (CUDA if present, else CPU), "cpu" or "cuda[:i]".

@@ -233,8 +233,12 @@ def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, se
     pick = rng.choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
     with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        warnings.filterwarnings("ignore", message="Exited")  # lobpcg short of its tolerance: the groups hold
+        # lobpcg, not scikit-learn's arpack: arpack's shift-invert solve took from 2.5 s to 25 s a facet
+        # on Fashion-MNIST (and overran max_seconds), lobpcg under a second for the same groups
         groups = SpectralClustering(k, affinity="nearest_neighbors", assign_labels="cluster_qr", random_state=seed,
-                                    n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1)).fit_predict(means[pick])
+                                    n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),
+                                    eigen_solver="lobpcg").fit_predict(means[pick])
     z = z[pick]
     sizes = np.bincount(groups, minlength=k)
     if sizes.min() < 2:
