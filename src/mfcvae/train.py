@@ -58,7 +58,9 @@ GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many 
 REFIT_MAX_POINTS = 100_000
 # refit_start="spectral": the neighbours per input in the graph the partition cuts (UMAP's default), and the
 # cost of that partition as a multiple of the first mixture fit's (measured on Fashion-MNIST, 20,000
-# inputs, 5-D latents: about 4.5 s a facet against 0.4 s), for the time max_seconds keeps back for it
+# inputs, 5-D latents, with arpack: about 4.5 s a facet against 0.4 s; the lobpcg solve it uses now
+# takes far less, so this keeps back more than it needs until it is measured again), for the time
+# max_seconds keeps back for it
 SPECTRAL_NEIGHBOURS = 15
 SPECTRAL_COST_RATIO = 11.0
 RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
@@ -225,8 +227,9 @@ def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, se
 
     Why: a mixture's likelihood favours partitions that split wide groups and merge close
     ones, and EM from k-means ends in one of those; a cut of the neighbour graph follows the
-    data's connected regions instead, and EM started there tends to stay near them (on 15 saved
-    Fashion-MNIST models, partitions closer to the classes; README, "The end refit's start").
+    data's connected regions instead, and EM started there tends to stay near them (on 20 saved
+    Fashion-MNIST models, partitions closer to the classes; README, "Default changed: the
+    spectral start").
     {} (k-means' start) when a group has fewer than 2 points to take moments of.
     """
     rng = np.random.default_rng(seed)
