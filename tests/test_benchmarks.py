@@ -26,7 +26,8 @@ def test_the_two_factors_preset_is_the_measured_tinted_recipe_with_full_covarian
     """The preset must train what the tinted rows measured; only the run's length (epochs instead
     of a time budget, the paper's schedule keys unused without progressive training) and
     precision ("auto", which is float32 on the hosts and GPUs measured) may differ."""
-    measured = budget.params_for("bf16_batch_128_merge_1_joint_floor_free_bits_refit_end", {"covariance": "full"})
+    measured = budget.params_for("bf16_batch_128_merge_1_joint_floor_free_bits_refit_end",
+                                 {"covariance": "full", "refit_start": "spectral"})
     preset = load_preset("two_factors")
     unused = {"epochs", "precision", "verbose", "stage_epochs", "fade_steps"}
     assert {k: v for k, v in measured.items() if k not in unused} == {k: v for k, v in preset.items() if k not in unused}

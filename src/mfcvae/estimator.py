@@ -195,10 +195,11 @@ class MFCVAE(BaseEstimator):
         the graph joining each encoded input to its 15 nearest, see ``train.spectral_start``) or
         "kmeans" (scikit-learn's start). The spectral start matched Fashion-MNIST's classes
         better: +0.041 over five paired ten-minute runs (0.680 against 0.639); refitting saved
-        models, +0.015 on 15 and +0.034 on 5; on three tinted models colour stayed at 1.000 and
-        the item moved by -0.012 to +0.033 (beyond the paper; README, "Default changed: the
-        spectral start"). Those runs ended at 606-627 s, the cut then solved by arpack, whose
-        time varies; it uses lobpcg since, far quicker.
+        models, +0.015 on 15 and +0.034 on 5; on tinted data (two paired runs, three refits)
+        the colour stayed at 1.000 and the item moved by -0.014 to +0.042 (beyond the paper;
+        README, "Default changed: the spectral start"). Those runs ended at 606-627 s, the cut
+        then solved by arpack, whose time varies; with lobpcg since, five such runs ended by
+        600.4 s (0.682 +- 0.019).
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
@@ -210,8 +211,8 @@ class MFCVAE(BaseEstimator):
         progressive and learning-rate schedules are laid over the time instead of the
         mini-batches, and training stops at the deadline or after ``epochs``, whichever comes
         first (so make ``epochs`` generous); the time kept back for ``refit_at_end`` is an
-        estimate (short by up to 27 s in ten-minute runs with the spectral start's earlier
-        arpack solver). None: no time limit, the run is ``epochs`` long.
+        estimate (ten-minute Fashion-MNIST runs ended at 598-601 s with the spectral start,
+        601-603 s with the k-means one). None: no time limit, the run is ``epochs`` long.
         Timed runs are not reproducible to the bit: where stages switch depends on the machine.
     seed : same seed, same data, same machine -> same clusters.
     device : "auto" (CUDA if present, else CPU), "cpu" or "cuda[:i]".

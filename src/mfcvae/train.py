@@ -56,11 +56,12 @@ GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many 
 # A trained model's refit fits on at most this many: on 12 saved Fashion-MNIST models all 70,000
 # inputs gave a little more accurate partitions than 20,000 (+0.004; benchmarks/refit_starts.py)
 REFIT_MAX_POINTS = 100_000
-# refit_start="spectral": the neighbours per input in the graph the partition cuts (UMAP's default), and the
-# cost of that partition as a multiple of the first mixture fit's (measured on Fashion-MNIST, 20,000
-# inputs, 5-D latents, with arpack: about 4.5 s a facet against 0.4 s; the lobpcg solve it uses now
-# takes far less, so this keeps back more than it needs until it is measured again), for the time
-# max_seconds keeps back for it
+# refit_start="spectral": the neighbours per input in the graph the partition cuts (UMAP's default), and
+# the extra time max_seconds keeps back for the end refit, as a multiple of the first mixture fit's. Set
+# for arpack's cut (about 4.5 s a facet against 0.4 s, Fashion-MNIST, 20,000 inputs, 5-D latents);
+# lobpcg's takes far less, but the rest of the estimate runs short (k-means-start runs end 1-3 s late),
+# and with this ratio five ten-minute runs with lobpcg ended at 598.2-600.4 s (README, "Default changed:
+# the spectral start"), so it stays
 SPECTRAL_NEIGHBOURS = 15
 SPECTRAL_COST_RATIO = 11.0
 RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
