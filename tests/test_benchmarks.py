@@ -25,7 +25,8 @@ import refit_starts  # noqa: E402
 def test_the_two_factors_preset_is_the_measured_tinted_recipe_with_full_covariances():
     """The preset must train what the tinted rows measured; only the run's length (epochs instead
     of a time budget, the paper's schedule keys unused without progressive training) and
-    precision ("auto", which is float32 on the hosts and GPUs measured) may differ."""
+    precision ("auto": float32 on the AVX2 hosts and GPUs measured, bfloat16 on the AVX-512 host
+    of the newest rows) may differ."""
     measured = budget.params_for("bf16_batch_128_merge_1_joint_floor_free_bits_refit_end",
                                  {"covariance": "full", "refit_start": "spectral"})
     preset = load_preset("two_factors")

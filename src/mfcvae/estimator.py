@@ -195,7 +195,7 @@ class MFCVAE(BaseEstimator):
         the graph joining each encoded input to its 15 nearest, see ``train.spectral_start``) or
         "kmeans" (scikit-learn's start). The spectral start matched Fashion-MNIST's classes
         better: +0.041 over five paired ten-minute runs (0.680 against 0.639); refitting saved
-        models, +0.015 on 15 and +0.034 on 5; on tinted data (two paired runs, three refits)
+        models, +0.015 on 15 and +0.034 on 5; on tinted data (three paired runs, three refits)
         the colour stayed at 1.000 and the item moved by -0.014 to +0.042 (beyond the paper;
         README, "Default changed: the spectral start"). Those runs ended at 606-627 s, the cut
         then solved by arpack, whose time varies; with lobpcg since, five such runs ended by
@@ -211,7 +211,7 @@ class MFCVAE(BaseEstimator):
         progressive and learning-rate schedules are laid over the time instead of the
         mini-batches, and training stops at the deadline or after ``epochs``, whichever comes
         first (so make ``epochs`` generous); the time kept back for ``refit_at_end`` is an
-        estimate (ten-minute Fashion-MNIST runs ended at 598-601 s with the spectral start,
+        estimate (ten-minute Fashion-MNIST runs ended at 598.2-600.4 s with the spectral start,
         601-603 s with the k-means one). None: no time limit, the run is ``epochs`` long.
         Timed runs are not reproducible to the bit: where stages switch depends on the machine.
     seed : same seed, same data, same machine -> same clusters.
