@@ -19,6 +19,7 @@ deadline, and the progressive schedule is laid over the time). Variants start fr
     python benchmarks/budget.py --table            # summarise every stored row
     python benchmarks/budget.py --table --machine 2026-11-25 --plot docs/budget.png   # one host's rows, drawn
     python benchmarks/budget.py --pair paper free_bits --machine "8th session" "9th session"  # seed by seed
+    python benchmarks/budget.py --pair A B --pair-machines "lobpcg" "18th session"   # A's rows of one note, B's of another
     python benchmarks/budget.py --data tinted --seconds 600 --variants merge_1_joint_2e-3_bf16 --seeds 3 \
         --save-models runs/budget --save-data runs/tinted70k.npz   # then: mfcvae report MODEL --data runs/tinted70k.npz
 """
@@ -325,6 +326,9 @@ def main() -> None:
                         help="with --table or --pair: only the rows whose machine contains one of these texts; "
                              "with --pair, where the two ran a seed on no machine in common, a variant's run "
                              "of it on the machine named first")
+    parser.add_argument("--pair-machines", nargs=2, metavar=("TEXT_A", "TEXT_B"),
+                        help="with --pair: only A's rows whose machine contains TEXT_A and B's containing TEXT_B "
+                             "(runs of one variant that the code changed under are told apart by --machine-note)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the summarised rows as a bar chart")
     parser.add_argument("--save-models", type=Path, metavar="DIR", help="save every trained model in DIR")
     parser.add_argument("--save-data", type=Path, metavar="NPZ",
@@ -339,10 +343,15 @@ def main() -> None:
         parser.error(f"--pair needs two different variants, got {args.pair[0]!r} twice")
     if args.pair and args.plot:
         parser.error("--plot draws the --table summary; leave it out with --pair")
+    if args.pair_machines and not args.pair:
+        parser.error("--pair-machines goes with --pair")
     if args.table or args.pair:
         with results.open() as f:
             stored = [r for r in csv.DictReader(f)
                       if args.machine is None or any(text in r["machine"] for text in args.machine)]
+        if args.pair_machines:
+            side = dict(zip(args.pair, args.pair_machines))
+            stored = [r for r in stored if r["variant"] not in side or side[r["variant"]] in r["machine"]]
         print(paired(stored, *args.pair, prefer=args.machine or ()) if args.pair else summarise(stored))
         if args.plot:
             plot(stored, args.plot)

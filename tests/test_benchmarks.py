@@ -181,7 +181,14 @@ def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tm
                                       "--machine", "day 1", "day 3"])
     budget.main()
     assert "2 pairs over 1 seed: A - B = +0.200 +- 0.100" in capsys.readouterr().out  # day 2's +0.4 not among them
+    # --pair-machines: A's day-2 run against B's day-1 run, though both ran on day 1 too
+    monkeypatch.setattr(sys, "argv", ["budget.py", "--pair", "A", "B", "--results", str(results),
+                                      "--pair-machines", "day 2", "day 1"])
+    budget.main()
+    out = capsys.readouterr().out
+    assert "1 pairs over 1 seed: A - B = +0.400 +- 0.000" in out and "(across machines)" in out
     for wrong, message in ((["--pair", "A", "A"], "two different variants"),
+                           (["--table", "--pair-machines", "day 1", "day 2"], "--pair-machines goes with --pair"),
                            (["--pair", "A", "B", "--plot", str(tmp_path / "p.png")], "--plot draws the --table")):
         monkeypatch.setattr(sys, "argv", ["budget.py", *wrong, "--results", str(results)])
         with pytest.raises(SystemExit):
