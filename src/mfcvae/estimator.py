@@ -194,12 +194,11 @@ class MFCVAE(BaseEstimator):
     refit_start : where those refits' EM starts: "spectral" (default; the groups of a cut of
         the graph joining each encoded input to its 15 nearest, see ``train.spectral_start``) or
         "kmeans" (scikit-learn's start). The spectral start matched Fashion-MNIST's classes
-        better: +0.041 over five paired ten-minute runs (0.680 against 0.639); refitting saved
-        models, +0.015 on 15 and +0.034 on 5; on tinted data (three paired runs, three refits)
-        the colour stayed at 1.000 and the item moved by -0.014 to +0.042 (beyond the paper;
-        README, "Default changed: the spectral start"). Those runs ended at 606-627 s, the cut
-        then solved by arpack, whose time varies; with lobpcg since, five such runs ended by
-        600.4 s (0.682 +- 0.019).
+        better: +0.043 over five paired ten-minute runs (0.682 against 0.639, each ending by
+        600.4 s); refitting saved models, +0.015 on 15 and +0.034 on 5; on tinted data (three
+        paired runs, three refits) the colour stayed at 1.000 and the item moved by -0.014 to
+        +0.042 (beyond the paper; README, "Default changed: the spectral start"). The cut's
+        eigenvectors come from lobpcg: with scikit-learn's arpack the same seeds' runs took 606-627 s.
     reseed_dead : as every epoch after the first starts, a cluster of a switched-on facet that
         is the most probable one for under a tenth of its fair share of the data (judged on 4096
         inputs) is re-seeded: the most used cluster is split in two (beyond the paper; on by
