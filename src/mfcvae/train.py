@@ -57,11 +57,10 @@ GMM_MAX_POINTS = 20_000  # the mixture initialisation fits on at most this many 
 # inputs gave a little more accurate partitions than 20,000 (+0.004; benchmarks/refit_starts.py)
 REFIT_MAX_POINTS = 100_000
 # refit_start="spectral": the neighbours per input in the graph the partition cuts (UMAP's default), and
-# the extra time max_seconds keeps back for the end refit, as a multiple of the first mixture fit's. Set
-# for arpack's cut (about 4.5 s a facet against 0.4 s, Fashion-MNIST, 20,000 inputs, 5-D latents);
-# lobpcg's takes far less, but the rest of the estimate runs short (k-means-start runs end 1-3 s late),
-# and with this ratio five ten-minute runs with lobpcg ended at 598.2-600.4 s (README, "Default changed:
-# the spectral start"), so it stays
+# the extra time max_seconds keeps back for the end refit, as a multiple of the first mixture fit's.
+# With it five ten-minute Fashion-MNIST runs ended at 598.2-600.4 s (README, "Default changed: the
+# spectral start"); the k-means start's runs, which keep back nothing extra, end 1-3 s late, so part of it
+# makes up for the rest of the estimate, not for the cut
 SPECTRAL_NEIGHBOURS = 15
 SPECTRAL_COST_RATIO = 11.0
 RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
@@ -238,8 +237,8 @@ def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, se
     with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
         warnings.filterwarnings("ignore", message="Exited")  # lobpcg short of its tolerance: the groups hold
-        # lobpcg, not scikit-learn's arpack: arpack's shift-invert solve took from 2.5 s to 25 s a facet
-        # on Fashion-MNIST (and overran max_seconds), lobpcg under a second for the same groups
+        # lobpcg, not scikit-learn's arpack, whose solve time varies: with arpack five ten-minute
+        # Fashion-MNIST runs ended at 606-627 s, with lobpcg at 598.2-600.4 s, as accurate
         groups = SpectralClustering(k, affinity="nearest_neighbors", assign_labels="cluster_qr", random_state=seed,
                                     n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),
                                     eigen_solver="lobpcg").fit_predict(means[pick])
