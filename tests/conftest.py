@@ -9,6 +9,7 @@ import torch
 from mfcvae import MFCVAE
 from mfcvae.config import ModelConfig
 from mfcvae.datasets import make_shapes
+from mfcvae.ladder import PAPER_MERGE_SCALE
 from mfcvae.model import MultiFacetVAE
 
 torch.set_num_threads(1)  # tiny models: threads only add overhead (and suffer under load)
@@ -56,18 +57,22 @@ def fitted(X) -> MFCVAE:
 
 
 def _make_model(input_shape=(3, 4, 4), covariance="diag", posterior="exact", likelihood="bernoulli",
-               n_clusters=(4, 3), latent_dims=(2, 3), hidden_dims=(16, 8), seed=0, **network) -> MultiFacetVAE:
-    """A small MultiFacetVAE with randomised prior parameters (so no term is trivially symmetric);
-    ``network``: architecture / activation / batch_norm."""
+                n_clusters=(4, 3), latent_dims=(2, 3), hidden_dims=(16, 8), seed=0, architecture="mlp",
+                learn_weights=True, **network) -> MultiFacetVAE:
+    """A small MultiFacetVAE with randomised prior parameters (so no term is trivially symmetric;
+    fixed weights stay uniform); ``network``: any other ModelConfig field."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(input_shape=tuple(input_shape), n_clusters=n_clusters, latent_dims=latent_dims,
-                      hidden_dims=hidden_dims, covariance=covariance, posterior=posterior, likelihood=likelihood,
-                      **network)
+    cfg = ModelConfig(**{
+        "input_shape": tuple(input_shape), "n_clusters": n_clusters, "latent_dims": latent_dims,
+        "hidden_dims": hidden_dims, "architecture": architecture, "covariance": covariance,
+        "learn_weights": learn_weights, "weight_floor": 0.0, "likelihood": likelihood, "likelihood_scale": 0.3,
+        "posterior": posterior, "merge_scale": PAPER_MERGE_SCALE[architecture], "precision": "float32", **network})
     model = MultiFacetVAE(cfg)
     with torch.no_grad():
         for prior in model.priors:
             prior.means.normal_()
-            prior.logits.normal_()
+            if learn_weights:
+                prior.logits.normal_()
             if covariance == "diag":
                 prior.log_var.uniform_(-1.0, 0.5)
             else:

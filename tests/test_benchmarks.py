@@ -1,243 +1,195 @@
-"""CI-sized smoke runs of the benchmark scripts: they train, score and write their results
-(the real runs are long and read Fashion-MNIST; these use the built-in demo data)."""
+"""benchmarks/bench.py: a smoke run writes a self-describing row; table, pair and page read rows
+back; bad arguments are refused before any training."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from mfcvae import MFCVAE
 from mfcvae.config import load_preset
-from mfcvae.datasets import load
-from mfcvae.metrics import many_to_one_accuracy
-from mfcvae.train import REFIT_MAX_POINTS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import budget  # noqa: E402
-import common  # noqa: E402
-import demo_and_fashion  # noqa: E402
-import refit_starts  # noqa: E402
+import bench  # noqa: E402
+
+TINY = ["--n", "120", "--epochs", "1", "--set", "hidden_dims=[16,32]", "--set", "n_clusters=[4,3]",
+        "--set", "batch_size=32"]
 
 
-def test_the_two_factors_preset_is_the_measured_tinted_recipe_with_full_covariances():
-    """The preset must train what the tinted rows measured; only the run's length (epochs instead
-    of a time budget, the paper's schedule keys unused without progressive training) and
-    precision ("auto": float32 on the AVX2 hosts and GPUs measured, bfloat16 on the AVX-512 host
-    of the newest rows) may differ."""
-    measured = budget.params_for("bf16_batch_128_merge_1_joint_floor_free_bits_refit_end",
-                                 {"covariance": "full", "refit_start": "spectral"})
-    preset = load_preset("two_factors")
-    unused = {"epochs", "precision", "verbose", "stage_epochs", "fade_steps"}
-    assert {k: v for k, v in measured.items() if k not in unused} == {k: v for k, v in preset.items() if k not in unused}
-    assert preset["progressive"] is False and preset["precision"] == "auto"
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """One tiny demo run of MFCVAE and of the k-means baseline, uint8-stored, in a results file of its own."""
+    results = tmp_path_factory.mktemp("bench") / "runs.jsonl"
+    bench.main(["run", "--data", "demo", "--storage", "uint8", "--variants", "default", "kmeans", "--seeds", "0",
+                *TINY, "--out", str(results)])
+    return results
 
 
-def test_budget_smoke_run_writes_rows_and_a_summary(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(budget, "RESULTS", tmp_path / "budget.csv")
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--n", "300", "--epochs", "1",
-                                      "--variants", "paper", "free_bits", "--seeds", "0",
-                                      "--set", "hidden_dims=[32, 64]", "--set", "batch_size=64",
-                                      "--set", "lr=1e-3"])
-    budget.main()
-    with (tmp_path / "budget.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    changes = "(hidden_dims=[32, 64]) (batch_size=64) (lr=0.001)"  # the --set changes, named in each row
-    runs = [r for r in rows if r["variant"] in (f"paper {changes}", f"free_bits {changes}")]
-    assert len(runs) == 2 * 2 * 2  # variants x facets x labels
-    assert {r["label"] for r in rows} == {"shape", "colour"}
-    assert all(float(r["kl"]) >= 0 and 0 < float(r["accuracy"]) <= 1 for r in runs)
-    assert any(r["variant"] == "kmeans_K10" for r in rows)
+def test_a_run_writes_a_row_that_describes_itself(smoke):
+    mfcvae, kmeans = (json.loads(line) for line in smoke.read_text().splitlines())
+    label = "+hidden_dims=[16,32]+n_clusters=[4,3]+batch_size=32"
+    assert (mfcvae["variant"], kmeans["variant"]) == ("default" + label, "kmeans" + label)
+    assert mfcvae["delta"] == {"hidden_dims": [16, 32], "n_clusters": [4, 3], "batch_size": 32}
+    assert mfcvae["seed"] == 0 and mfcvae["preset"] is None
+    assert mfcvae["budget"] == kmeans["budget"] == {"epochs": 1, "seconds": None}
+    assert mfcvae["data"] == {"name": "demo", "n": 120, "storage": "uint8", "shape": [3, 16, 16],
+                              "splits": {"train": 120}}
+    assert len(mfcvae["commit"]) == 40 and isinstance(mfcvae["dirty"], bool)
+    assert mfcvae["command"].startswith("python benchmarks/bench.py run --data demo --storage uint8")
+    assert set(mfcvae["machine"]) == {"cpu", "isa", "threads", "gpu", "torch", "python"}
+    assert mfcvae["machine"]["threads"] >= 1 and mfcvae["machine"]["cpu"]
+    # every estimator parameter, resolved as run, and what "auto" settled on
+    assert set(mfcvae["params"]) == set(MFCVAE().get_params())
+    assert mfcvae["params"]["epochs"] == 1 and mfcvae["params"]["max_seconds"] is None
+    assert mfcvae["resolved"]["precision"] in ("float32", "bfloat16")
+    assert mfcvae["resolved"]["likelihood"] == "bernoulli" and mfcvae["resolved"]["architecture"] in ("mlp", "conv")
+    assert mfcvae["resolved"]["epochs_trained"] == 1 and mfcvae["resolved"]["hidden_dims"] == [16, 32]
+    assert len(mfcvae["kl"]) == 2 and mfcvae["train_seconds"] > 0
+    # every facet against every label: all metrics, and each facet's K
+    assert {(s["split"], s["facet"], s["label"]) for s in mfcvae["scores"]} == {
+        ("train", f, label) for f in (0, 1) for label in ("shape", "colour")}
+    for score in mfcvae["scores"] + kmeans["scores"]:
+        assert {"accuracy", "hungarian_accuracy", "nmi", "ari", "active_clusters", "n_clusters"} <= set(score)
+        assert 0 < score["accuracy"] <= 1 and 1 <= score["active_clusters"] <= score["n_clusters"]
+    assert kmeans["params"]["n_clusters"] == [3, 4] and kmeans["kl"] is None and kmeans["resolved"] is None
+
+
+def fake_row(variant: str, seed: int, accuracy: float, cpu: str = "AMD EPYC", commit: str = "a" * 40,
+             data: str = "demo", splits: tuple[str, ...] = ("train",)) -> dict:
+    """A stored row whose facet 1 captures 'shape' with ``accuracy`` on each split (facet 0: 0.3)."""
+    scores = [{"split": split, "facet": f, "label": "shape", "accuracy": acc, "hungarian_accuracy": acc,
+               "nmi": acc / 2, "ari": acc / 4, "active_clusters": 4, "n_clusters": 4}
+              for split in splits for f, acc in ((0, 0.3), (1, accuracy))]
+    return {"variant": variant, "preset": None, "delta": {}, "seed": seed, "commit": commit, "dirty": False,
+            "command": f"python benchmarks/bench.py run --data {data} --variants {variant}",
+            "data": {"name": data, "n": 100, "storage": "float32", "shape": [3, 16, 16], "splits": {"train": 100}},
+            "budget": {"epochs": 5, "seconds": None}, "params": {}, "train_seconds": 10.0, "kl": [1.0, 2.0],
+            "resolved": {"precision": "float32", "likelihood": "bernoulli", "architecture": "mlp",
+                         "epochs_trained": 5},
+            "machine": {"cpu": cpu, "isa": "avx2", "threads": 2, "gpu": None, "torch": "2", "python": "3"},
+            "scores": scores}
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_table_summarises_the_best_facet_over_seeds_per_machine(tmp_path, capsys):
+    rows = [fake_row("A", 0, 0.5), fake_row("A", 1, 0.9), fake_row("A", 1, 0.7),  # seed 1's latest run: 0.7
+            fake_row("A", 0, 0.8, cpu="Intel Xeon", commit="b" * 40, data="digits")]
+    results = write(tmp_path / "runs.jsonl", rows)
+    bench.main(["table", "--results", str(results)])
     out = capsys.readouterr().out
-    assert f"| demo 300 | 1 epochs | free_bits {changes} | shape |" in out
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--table", "--plot", str(tmp_path / "budget.png")])
-    budget.main()
-    assert f"| demo 300 | 1 epochs | paper {changes} | colour |" in capsys.readouterr().out
-    from PIL import Image
+    assert "### demo 100 (float32) on AMD EPYC, avx2, 2 threads" in out
+    assert "python benchmarks/bench.py run --data demo --variants A" in out
+    assert ("| 5 epochs | A | train | shape | 2 | 0.600 +- 0.100 | 0.600 +- 0.100 | 0.300 +- 0.050 "
+            "| 0.150 +- 0.025 | 1 | 4.0 of 4 | 2.00 | 5 | 10 | aaaaaaa |") in out
+    assert "### digits 100 (float32) on Intel Xeon, avx2, 2 threads" in out
+    for flags, kept in ((["--machine", "xeon"], "digits"), (["--commit", "aaa"], "demo"), (["--data", "digits"], "digits"),
+                        (["--variants", "B"], None)):
+        bench.main(["table", "--results", str(results), *flags])
+        out = capsys.readouterr().out
+        assert ("### demo" in out) == (kept == "demo") and ("### digits" in out) == (kept == "digits"), flags
 
-    with Image.open(tmp_path / "budget.png") as image:
-        assert image.width > 500  # one panel per label, drawn
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--set", "lr"])
+
+def test_pair_gives_seed_by_seed_differences_on_one_machine(tmp_path, capsys):
+    rows = [fake_row("A", s, acc, splits=("train", "test")) for s, acc in enumerate((0.5, 0.6, 0.7))]
+    rows += [fake_row("B", s, acc, splits=("train", "test")) for s, acc in enumerate((0.6, 0.5, 0.9))]
+    rows += [fake_row("B", 3, 0.1), fake_row("A", 3, 0.9, cpu="Intel Xeon")]  # no partner on its machine
+    results = write(tmp_path / "runs.jsonl", rows)
+    bench.main(["pair", "A", "B", "--results", str(results)])
+    out = capsys.readouterr().out
+    assert "demo 100 (float32), 5 epochs, train, shape (accuracy) on AMD EPYC, avx2, 2 threads: B (B) against A (A)" \
+        in out and ", test, shape (accuracy)" in out
+    assert "| 0 | 0.500 | 0.600 | +0.100 |" in out and "| 1 | 0.600 | 0.500 | -0.100 |" in out
+    assert out.count("B - A = +0.067 +- 0.125, B ahead on 2 of 3; A 0.600 +- 0.082, B 0.667 +- 0.170") == 2
+    assert "| 3 |" not in out
+    bench.main(["pair", "A", "B", "--results", str(results), "--metric", "ari"])
+    assert "B - A = +0.017 +- 0.031" in capsys.readouterr().out
+
+
+def test_page_writes_the_documentation_from_the_rows(smoke, tmp_path):
+    out = tmp_path / "docs" / "benchmarks.md"
+    bench.main(["page", str(out), "--results", str(smoke)])
+    text = out.read_text()
+    row = json.loads(smoke.read_text().splitlines()[0])
+    assert text.startswith("# Benchmarks\n") and "## What is measured" in text and "## Variants" in text
+    assert "| `paper` | free_bits=0.0, reseed_dead=False, refit_at_end=False, covariance=diag" in text
+    assert f"### demo 120 (uint8) on {bench.machine_label(row)}" in text
+    assert row["command"] in text and row["commit"][:7] in text
+    assert f"| 1 epochs | {row['variant']} | train | shape | 1 |" in text
+    bench.main(["page", str(out), "--results", str(tmp_path / "none.jsonl")])
+    assert "No results yet" in out.read_text()
+
+
+def test_run_hands_the_budget_to_the_estimator_and_labels_presets_and_storages(tmp_path, monkeypatch):
+    """--seconds is max_seconds with epochs left to the deadline; one row per storage x variant x seed."""
+    seen = []
+
+    def fake_fit(params: dict, splits: dict) -> dict:
+        seen.append((params, {s: str(d.x.raw.dtype) for s, d in splits.items()}))
+        return {"params": params, "resolved": {"epochs_trained": 3}, "train_seconds": 1.0, "kl": [0.0, 0.0],
+                "scores": fake_row("x", 0, 0.5)["scores"]}
+
+    monkeypatch.setattr(bench, "fit_mfcvae", fake_fit)
+    results = tmp_path / "runs.jsonl"
+    bench.main(["run", "--data", "demo", "--n", "50", "--seconds", "7", "--preset", "demo", "--storage", "float",
+                "uint8", "--variants", "default", "paper", "--seeds", "0", "1", "--out", str(results)])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["data"]["storage"], r["variant"], r["seed"]) for r in rows] == [
+        (storage, f"demo:{v}", s) for storage in ("float32", "uint8") for v in ("default", "paper") for s in (0, 1)]
+    assert all(r["budget"] == {"epochs": None, "seconds": 7.0} for r in rows)
+    params, dtypes = seen[2]
+    assert params["max_seconds"] == 7 and params["epochs"] == bench.EPOCHS_UNDER_A_DEADLINE
+    assert params["free_bits"] == 0.0 and params["latent_dims"] == load_preset("demo")["latent_dims"]
+    assert dtypes == {"train": "float32"} and seen[-1][1] == {"train": "uint8"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "--data", "demo", "--variants", "nope"], "unknown variant(s) ['nope']"),
+    (["run", "--data", "demo", "--set", "lr"], "--set expects key=value, got 'lr'"),
+    (["run", "--data", "demo", "--set", "colour=1"], "MFCVAE has no parameter 'colour'"),
+    (["run", "--data", "demo", "--set", "epochs=3"], "give the budget with --epochs or --seconds"),
+    (["run", "--data", "demo", "--epochs", "0"], "--epochs must be positive, got 0"),
+    (["run", "--data", "demo", "--seconds", "-1"], "--seconds must be positive"),
+    (["run", "--data", "demo", "--n", "1"], "--n must be at least 2"),
+    (["run", "--data", "demo", "--epochs", "1", "--seconds", "5"], "not allowed with argument"),
+    (["run", "--data", "mnist"], "invalid choice: 'mnist'"),
+    (["run", "--data", "demo", "--preset", "nope"], "unknown preset 'nope'"),
+    (["pair", "A", "A"], "two different variants"),
+    (["pair", "A", "C"], "no rows of 'C'; variants in these rows: ['A', 'B']"),
+    (["table", "--results", "missing.jsonl"], "no results file missing.jsonl"),
+])
+def test_bad_arguments_are_refused_with_a_clear_message(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    results = write(tmp_path / "runs.jsonl", [fake_row("A", 0, 0.5), fake_row("B", 0, 0.6)])
+    if "--results" not in argv:
+        argv = [*argv, "--results", str(results)]
     with pytest.raises(SystemExit):
-        budget.main()
-    assert "--set expects field=value, got 'lr'" in capsys.readouterr().err
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--table", "--machine", "no such machine"])
-    budget.main()
-    assert "| demo 300 |" not in capsys.readouterr().out
+        bench.main(argv)
+    assert message in capsys.readouterr().err
+    assert results.read_text().count("\n") == 2  # nothing appended
 
 
-def test_budget_in_seconds_is_the_estimators_deadline(tmp_path, monkeypatch, capsys):
-    """--seconds hands the budget to the estimator (max_seconds) and records the epochs it bought."""
-    fits = []
-    original_fit = budget.MFCVAE.fit
-
-    def recording_fit(self, data, **kwargs):
-        fits.append(self.get_params())
-        return original_fit(self, data, **kwargs)
-
-    monkeypatch.setattr(budget.MFCVAE, "fit", recording_fit)
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--data", "demo", "--n", "200", "--seconds", "1.5",
-                                      "--variants", "paper", "--seeds", "0", "--no-kmeans",
-                                      "--results", str(tmp_path / "budget.csv"),
-                                      "--set", "hidden_dims=[16, 16]", "--set", "batch_size=64",
-                                      "--save-models", str(tmp_path / "models"),
-                                      "--save-data", str(tmp_path / "d.npz"), "--machine-note", "slow day"])
-    budget.main()
-    assert [(p["max_seconds"], p["epochs"]) for p in fits] == [(1.5, budget.EPOCHS_UNDER_A_DEADLINE)]
-    with (tmp_path / "budget.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert {r["budget_seconds"] for r in rows} == {"1.5"}
-    label = "paper (hidden_dims=[16, 16]) (batch_size=64)"  # rows name the --set changes
-    assert {r["variant"] for r in rows} == {label}
-    assert all(r["machine"].endswith(", slow day") for r in rows)  # kept apart from the same CPU's other rows
-    assert 1 <= int(rows[0]["epochs"]) < budget.EPOCHS_UNDER_A_DEADLINE
-    saved = budget.MFCVAE.load(tmp_path / "models" / "demo-200-paper-1.5-seed0")
-    assert saved.max_seconds == 1.5 and saved.history_[-1]["epoch"] == int(rows[0]["epochs"])
-    written = load(tmp_path / "d.npz")  # what `mfcvae report --data` reads
-    assert len(written) == 200 and set(written.labels) == {"shape", "colour"}
-    assert written.shape == saved.input_shape_
-    assert f"| demo 200 | 1.5 s | {label} |" in capsys.readouterr().out
+def test_every_variant_changes_only_estimator_parameters():
+    known = MFCVAE().get_params()
+    for name, delta in bench.VARIANTS.items():
+        assert set(delta) <= set(known), name
+        MFCVAE(**delta)
+    assert bench.VARIANTS["default"] == {}
+    assert bench.VARIANTS["paper"] == {"free_bits": 0.0, "reseed_dead": False, "refit_at_end": False,
+                                       "covariance": "diag", "batch_size": 512, "precision": "float32"}
 
 
-@pytest.mark.parametrize("variant", list(budget.VARIANTS))
-def test_every_variant_is_a_valid_estimator_configuration(variant):
-    from mfcvae import MFCVAE
-
-    params = budget.params_for(variant, {})
-    MFCVAE(**params)._train_config()
-    assert MFCVAE(**params)._model_config((1, 28, 28), "float32").n_clusters == (10, 10)
-
-
-def test_summary_keeps_machines_apart():
-    """A wall-clock budget buys different epochs on different CPUs: one row per machine."""
-    row = {"dataset": "demo", "n": "10", "variant": "paper", "seed": "0", "epochs": "3", "budget_seconds": "60.0",
-           "train_seconds": "59", "facet": "0", "label": "shape", "accuracy": "0.5", "nmi": "0.1",
-           "active_clusters": "2", "n_clusters": "4", "kl": "1.0"}
-    rows = [{**row, "machine": "x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu"},
-            {**row, "epochs": "7", "machine": "x86_64, Intel Xeon, 2 threads, torch 2.13.0+cpu"}]
-    table = budget.summarise(rows).splitlines()[2:]
-    assert len(table) == 2
-    assert table[0].endswith("| 3 | 59 | AMD EPYC, 2 threads |")
-    assert table[1].endswith("| 7 | 59 | Intel Xeon, 2 threads |")
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_machine_says_whether_the_cpu_computes_bfloat16(monkeypatch, native):
-    """A CPU row names the arithmetic "auto" trains in there, which sets the epochs a time budget buys."""
-    monkeypatch.setattr(common.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(common, "cpu_has_native_bfloat16", lambda: native)
-    line = common.machine()
-    assert f"threads, bfloat16 {'native' if native else 'emulated'}, torch " in line
-    assert budget.short_machine(line).endswith(f"bfloat16 {'native' if native else 'emulated'}")
-
-
-def _run_rows(variant: str, seed: int, machine: str, accuracies: tuple[float, float]) -> list[dict]:
-    """The two facet rows (label 'shape') one stored run leaves in budget.csv."""
-    row = {"dataset": "demo", "n": "10", "variant": variant, "seed": str(seed), "epochs": "3",
-           "budget_seconds": "60.0", "train_seconds": "59", "label": "shape", "nmi": "0.1",
-           "active_clusters": "2", "n_clusters": "4", "kl": "1.0", "machine": machine}
-    return [{**row, "facet": str(j), "accuracy": str(acc)} for j, acc in enumerate(accuracies)]
-
-
-def test_pair_compares_the_best_facets_seed_by_seed():
-    """Each seed pairs A's and B's best facet on one machine; a seed each ran once, on different
-    machines, pairs across them (marked); a seed run twice with no same-machine partner is left out."""
-    day1, day2 = (f"x86_64, AMD EPYC, 2 threads, torch 2.13.0+cpu, day {d}" for d in (1, 2))
-    rows = (_run_rows("A", 0, day1, (0.2, 0.7)) + _run_rows("B", 0, day1, (0.6, 0.1))     # +0.1
-            + _run_rows("A", 1, day1, (0.5, 0.4)) + _run_rows("B", 1, day2, (0.3, 0.6))   # -0.1, across
-            + _run_rows("A", 2, day2, (0.9, 0.1)) + _run_rows("B", 2, day2, (0.6, 0.1))   # +0.3
-            + _run_rows("B", 2, day1, (0.2, 0.1))                                          # its day-1 run: unused
-            + _run_rows("A", 3, day1, (0.5, 0.1)) + _run_rows("A", 3, day2, (0.5, 0.1))
-            + _run_rows("B", 3, "elsewhere", (0.5, 0.1))                                   # ambiguous
-            + _run_rows("A", 4, day1, (0.5, 0.1)) + _run_rows("C", 4, day1, (0.1, 0.1)))   # B never ran seed 4
-    out = budget.paired(rows, "A", "B").splitlines()
-    table = [line for line in out if line.startswith("| ") and not line.startswith("| seed")]
-    assert [line.split(" | ")[:4] for line in table] == [
-        ["| 0", "0.700", "0.600", "+0.100"], ["| 1", "0.500", "0.600", "-0.100"], ["| 2", "0.900", "0.600", "+0.300"]]
-    assert "(across machines)" in table[1] and "(across machines)" not in table[0] + table[2]
-    assert "3 pairs over 3 seeds: A - B = +0.100 +- 0.163, A ahead on 2 of 3; A 0.700 +- 0.163, B 0.600 +- 0.000" in out
-    assert out[-1] == "left out, ambiguous: seed 3 (2 and 1 runs, on different machines)"
-    assert budget.paired(rows, "A", "D") == "no rows of 'D' (name variants as the --table column does)"
-    only_ambiguous = budget.paired([r for r in rows if r["seed"] == "3"], "A", "B").splitlines()
-    assert only_ambiguous[1:] == ["left out, ambiguous: seed 3 (2 and 1 runs, on different machines)"]
-    seed_3 = [r for r in rows if r["seed"] == "3"]
-    seed_3[0:2] = _run_rows("A", 3, day1, (0.3, 0.1))  # its day-1 run now differs from its day-2 run
-    for prefer, diff in ((["day 1", "day 2"], "-0.200"), (["day 2", "day 1"], "+0.000")):
-        preferred = budget.paired(seed_3, "A", "B", prefer=prefer).splitlines()
-        assert preferred[3].split(" | ")[:4] == ["| 3", f"{0.5 + float(diff):.3f}", "0.500", diff], prefer
-
-
-def test_pair_on_the_command_line_reads_the_stored_rows_of_the_machines_named(tmp_path, monkeypatch, capsys):
-    """--machine with several texts keeps the rows of each; a seed both ran on two of them pairs twice."""
-    results = tmp_path / "budget.csv"
-    with results.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=budget.FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for machine, a in (("day 1", 0.5), ("day 2", 0.8), ("day 3", 0.7)):
-            writer.writerows(_run_rows("A", 0, machine, (a, 0.1)) + _run_rows("B", 0, machine, (0.4, 0.1)))
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--pair", "A", "B", "--results", str(results),
-                                      "--machine", "day 1", "day 3"])
-    budget.main()
-    assert "2 pairs over 1 seed: A - B = +0.200 +- 0.100" in capsys.readouterr().out  # day 2's +0.4 not among them
-    # --pair-machines: A's day-2 run against B's day-1 run, though both ran on day 1 too
-    monkeypatch.setattr(sys, "argv", ["budget.py", "--pair", "A", "B", "--results", str(results),
-                                      "--pair-machines", "day 2", "day 1"])
-    budget.main()
-    out = capsys.readouterr().out
-    assert "1 pairs over 1 seed: A - B = +0.400 +- 0.000" in out and "(across machines)" in out
-    for wrong, message in ((["--pair", "A", "A"], "two different variants"),
-                           (["--table", "--pair-machines", "day 1", "day 2"], "--pair-machines goes with --pair"),
-                           (["--pair", "A", "B", "--plot", str(tmp_path / "p.png")], "--plot draws the --table")):
-        monkeypatch.setattr(sys, "argv", ["budget.py", *wrong, "--results", str(results)])
-        with pytest.raises(SystemExit):
-            budget.main()
-        assert message in capsys.readouterr().err
-
-
-def test_refit_starts_refits_a_saved_model_per_seed_and_writes_rows(tmp_path, monkeypatch, capsys, tiny_estimator):
-    """Each fit seed refits the best facet as refit_at_end does, for each number of inputs and each
-    start; the first seed's row at refit_at_end's number is what a fresh fit with refit_at_end and
-    that seed would give the facet (fit seed 0 = run seed 0); other settings are compared with the first."""
-    data = budget.load_data("demo", None)
-    plain = tiny_estimator(epochs=1, refit_at_end=False).fit(data)
-    plain.save(tmp_path / "model")
-    monkeypatch.setattr(refit_starts, "RESULTS", tmp_path / "refit_starts.csv")
-    monkeypatch.setattr(sys, "argv", ["refit_starts.py", str(tmp_path / "model"), "--data", "demo",
-                                      "--label", "shape", "--fits", "2", "--machine-note", "day 1",
-                                      "--points", str(REFIT_MAX_POINTS), "100"])
-    refit_starts.main()
-    with (tmp_path / "refit_starts.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert [(r["points"], r["start"], r["fit_seed"]) for r in rows] == [
-        (points, "kmeans", seed) for points in (str(REFIT_MAX_POINTS), "100") for seed in ("0", "1")]
-    assert all(r["machine"].endswith(", day 1") and r["model"] == f"{tmp_path.name}/model" for r in rows)
-    out = capsys.readouterr().out
-    assert "as saved" in out and f"at most 100 inputs from kmeans against {REFIT_MAX_POINTS} from kmeans" in out
-    refit = tiny_estimator(epochs=1, refit_start="kmeans").fit(data)  # the start refit_starts.py takes first
-    facet = int(rows[0]["facet"])
-    accuracy = many_to_one_accuracy(data.labels["shape"], refit.predict(data)[:, facet])
-    assert float(rows[0]["accuracy"]) == pytest.approx(accuracy, abs=1e-4)
-
-    monkeypatch.setattr(sys, "argv", ["refit_starts.py", str(tmp_path / "model"), "--data", "demo", "--label", "shape",
-                                      "--fits", "1", "--points", "300", "--starts", "kmeans", "spectral"])
-    refit_starts.main()  # each start scored, the second against the first
-    with (tmp_path / "refit_starts.csv").open() as f:
-        assert [(r["points"], r["start"]) for r in list(csv.DictReader(f))[4:]] == [("300", "kmeans"), ("300", "spectral")]
-    assert "at most 300 inputs from spectral against 300 from kmeans" in capsys.readouterr().out
-
-
-def test_demo_table_shows_the_latest_run_per_data_set_seed_and_epochs(tmp_path, monkeypatch, capsys):
-    def result(seed: int, seconds: float, epochs: int = 30) -> dict:
-        return {"dataset": "demo shapes", "seed": seed, "epochs": epochs, "train_seconds": seconds,
-                "best": {"shape": {"facet": 0, "accuracy": 1.0, "nmi": 0.8}}, "kmeans": []}
-
-    stored = [result(0, 20.0), result(1, 21.0), result(0, 12.0), result(0, 30.0, epochs=60)]
-    results = tmp_path / "results.jsonl"
-    results.write_text("".join(json.dumps(r) + "\n" for r in stored))
-    monkeypatch.setattr(demo_and_fashion, "RESULTS", results)
-    monkeypatch.setattr(sys, "argv", ["demo_and_fashion.py", "--table"])
-    demo_and_fashion.main()
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| demo shapes")]
-    assert [row.split(" | ")[1:4] for row in rows] == [["0", "30", "12 s"], ["1", "30", "21 s"], ["0", "60", "30 s"]]
+@pytest.mark.parametrize(("flags", "isa"), [
+    ("fpu sse2 avx avx2", "avx2"), ("avx2 avx512f", "avx512"), ("avx2 avx512f avx512_bf16", "avx512_bf16"),
+    ("avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "amx"), ("fpu sse2 avx", "avx")])
+def test_the_machine_names_its_instruction_set_level(tmp_path, flags, isa):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
+                       "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    assert bench.cpu_info(cpuinfo) == {"cpu": "Some CPU", "isa": isa}

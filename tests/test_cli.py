@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from mfcvae import MFCVAE
+from mfcvae import train as train_module
 from mfcvae.cli import main
 from mfcvae.datasets import Dataset, make_tinted
-from mfcvae.serialization import read_safetensors, write_safetensors
-from mfcvae.train import CHECKPOINT_FILE
+from mfcvae.runs import CHECKPOINT_FILE
 
 from test_datasets import write_3dshapes, write_mnist_folder
 
@@ -66,21 +66,6 @@ def test_resume_continues_with_more_epochs_and_overwrite_starts_over(files):
     assert len((files / "run" / "metrics.csv").read_text().splitlines()) == 1 + 3
     assert fit(files, "--overwrite") == 0
     assert len((files / "run" / "metrics.csv").read_text().splitlines()) == 1 + 2
-
-
-def test_resume_of_a_checkpoint_older_than_some_parameters(files):
-    """A checkpoint written before reseed_dead and refit_at_end existed resumes as it was trained
-    (without either), not with today's defaults, which the estimator would refuse as a change;
-    one without the later keys (whose old values are today's defaults) resumes too."""
-    assert fit(files, "--set", "reseed_dead=false", "--set", "refit_at_end=false") == 0
-    tensors, meta = read_safetensors(files / "run" / CHECKPOINT_FILE)
-    for name in ("reseed_dead", "refit_at_end", "weight_floor", "refit_every", "lr_decay_start"):
-        del meta["estimator"][name]
-    write_safetensors(files / "run" / CHECKPOINT_FILE, tensors, meta)
-    assert main(["fit", "--out", str(files / "run"), "--data", str(files / "data.npz"), "--resume",
-                 "--epochs", "3", "--quiet"]) == 0
-    resumed = MFCVAE.load(files / "run", device="cpu")
-    assert (resumed.reseed_dead, resumed.refit_at_end, len(resumed.history_)) == (False, False, 3)
 
 
 def test_fit_on_the_built_in_data_with_a_preset_and_overrides(tmp_path, capsys):
@@ -159,6 +144,28 @@ def test_data_options_from_the_command_line_and_presets_that_do_not_apply(tmp_pa
     assert "takes no option ['split']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("preset", ["mnist", "fashion_mnist"])
+def test_mnist_presets_fit_on_the_training_files_and_report_the_test_files_apart(tmp_path, capsys, preset):
+    """The paper's protocol: fit on the training files (split=train), report training and test files
+    separately; `--part test` evaluates on the test files, `--part all` covers both."""
+    arrays = write_mnist_folder(tmp_path / "mnist", n_train=40, n_test=10)
+    run = tmp_path / "run"
+    assert main(["fit", "--preset", preset, "--data", str(tmp_path / "mnist"), "--out", str(run), *FAST,
+                 "--set", "n_clusters=[3, 3]"]) == 0
+    out = capsys.readouterr().out
+    assert "train (40 examples)" in out and "test (10 examples)" in out
+    model = MFCVAE.load(run, device="cpu")
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert set(evaluation) == {"train", "test"}
+    assert main(["evaluate", str(run), "--part", "test", "--device", "cpu", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text()) == evaluation["test"]
+    for part, rows in (("train", 40), ("test", 10), ("all", 50)):
+        assert main(["predict", str(run), "--part", part, "--out", str(tmp_path / f"{part}.csv")]) == 0
+        assert len((tmp_path / f"{part}.csv").read_text().splitlines()) == 1 + rows, part
+    test_clusters = np.loadtxt(tmp_path / "test.csv", delimiter=",", skiprows=1, dtype=int)
+    np.testing.assert_array_equal(test_clusters, model.predict(arrays["t10k"][0][:, None] / 255))
+
+
 def test_model_commands_part_needs_a_run_with_a_test_fraction(files, capsys):
     assert fit(files) == 0
     assert main(["evaluate", str(files / "run"), "--part", "test"]) == 2
@@ -211,8 +218,8 @@ def test_overwrite_with_a_wrong_value_leaves_the_run_folder_as_it_was(files, cap
     assert fit(files) == 0
     run = files / "run"
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    assert fit(files, "--overwrite", "--set", "lr_schedule=wavy") == 2
-    assert "lr_schedule" in capsys.readouterr().err
+    assert fit(files, "--overwrite", "--set", "covariance=spherical") == 2
+    assert "covariance" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
 
@@ -245,8 +252,12 @@ def test_overwrite_with_bad_data_or_values_found_only_with_the_data_leaves_the_r
 def test_the_demo_records_its_data_for_the_model_commands(tmp_path, monkeypatch, capsys):
     """`make demo`'s run folder says it was fitted on the built-in data, so `mfcvae evaluate`,
     `compose` and `report` find the data without --data (as the README shows them)."""
-    from mfcvae import demo
+    from mfcvae import cli, demo
+    from mfcvae.datasets import make_shapes
 
+    small = lambda seed: make_shapes(n=300, seed=seed)  # noqa: E731  (the built-in data, fewer of them)
+    monkeypatch.setattr(demo, "make_shapes", small)
+    monkeypatch.setattr(cli, "make_shapes", small)
     monkeypatch.setattr(demo, "load_preset", lambda name: {**TINY_CONFIG, "epochs": 1})
     monkeypatch.setattr(demo, "build_report", lambda model, data, out: out)
     assert demo.main(["--out", str(tmp_path / "demo")]) == 0
@@ -256,14 +267,34 @@ def test_the_demo_records_its_data_for_the_model_commands(tmp_path, monkeypatch,
     assert "shape" in capsys.readouterr().out
 
 
-def test_overwrite_clears_the_old_run_before_training(files, monkeypatch, capsys):
-    """Once --overwrite starts, no file of the old run is left beside the new data record (an
-    interrupted start would otherwise leave the old model to be scored on the new data)."""
+def test_an_overwrite_interrupted_before_its_first_checkpoint_leaves_the_old_run_whole(files, monkeypatch, capsys):
+    """--overwrite replaces the old run's files (its data record with them) only when the new run
+    writes its first checkpoint: stopped in its first epoch, the old model, its data record and
+    its evaluation stay together; stopped later, the folder is the new run's, ready to resume."""
     assert fit(files) == 0
-    monkeypatch.setattr(MFCVAE, "fit", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert fit(files, "--overwrite") == 130
-    assert sorted(p.name for p in (files / "run").iterdir()) == ["data.json"]
+    run = files / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    (files / "other.npz").write_bytes((files / "data.npz").read_bytes())
+    train_step = train_module.Trainer._train_step
+
+    def ctrl_c_at(step: int):
+        def interrupted(self, xb):
+            if self.step + 1 == step:
+                raise KeyboardInterrupt
+            train_step(self, xb)
+        return interrupted
+
+    argv = ["fit", "--config", str(files / "tiny.yaml"), "--data", str(files / "other.npz"), "--out", str(run),
+            "--quiet", "--overwrite"]
+    monkeypatch.setattr(train_module.Trainer, "_train_step", ctrl_c_at(2))  # 300 inputs in batches of 64: epoch 1
+    assert main(argv) == 130
     assert "nothing to resume" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    monkeypatch.setattr(train_module.Trainer, "_train_step", ctrl_c_at(7))  # epoch 2
+    assert main(argv) == 130
+    assert f"continue with: mfcvae fit --out {run} --resume" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "data.json", "metrics.csv"]
+    assert json.loads((run / "data.json").read_text())["path"] == str((files / "other.npz").resolve())
 
 
 def test_an_out_path_that_is_a_file_is_an_error_not_a_traceback(files, capsys):

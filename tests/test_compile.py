@@ -11,9 +11,10 @@ import torch
 from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
+from mfcvae import runtime
 from mfcvae import train as train_module
-from mfcvae.config import TrainConfig
-from mfcvae.train import batch_loss, compile_mode, sum_names
+from mfcvae.runtime import AUTO_COMPILE_MIN_SECONDS, AUTO_COMPILE_MIN_STEPS, compile_mode
+from mfcvae.train import batch_loss, sum_names
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
@@ -64,38 +65,42 @@ def test_full_batches_take_the_compiled_path_and_the_last_one_does_not(tiny_esti
 
 
 def test_a_real_compiled_fit_compiles_once(tiny_estimator, X):
-    """Dead clusters re-seeded and mixtures refitted between compiled steps (in place) do not make
-    torch.compile compile again; the run trains."""
+    """Dead clusters re-seeded between compiled steps (in place) and the progressive schedule's
+    changing weights do not make torch.compile compile again; the run trains."""
     torch._dynamo.reset()  # forget the other tests' compiles of the same function
     counters.clear()
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        model = tiny_estimator(compile=True, epochs=3, refit_on_stage=True, reseed_dead=True).fit(X)
+        model = tiny_estimator(compile=True, epochs=3, reseed_dead=True).fit(X)
     assert counters["stats"]["unique_graphs"] >= 1  # it did compile
     assert model.history_[-1]["elbo"] > model.history_[0]["elbo"]
 
 
-def config(**overrides) -> TrainConfig:
-    return TrainConfig(**{"epochs": 100, "batch_size": 128, "lr": 1e-3, **overrides})
-
-
-@pytest.mark.parametrize("overrides, device, triton, capability, expected", [
-    (dict(compile=True), "cpu", False, None, "default"),
-    (dict(compile=True), "cuda", False, (6, 1), "reduce-overhead"),  # asked for: no questions
-    (dict(compile=False), "cuda", True, (9, 0), None),
-    (dict(compile="auto"), "cpu", True, None, None),
-    (dict(compile="auto"), "cuda", True, (9, 0), "reduce-overhead"),
-    (dict(compile="auto"), "cuda", False, (9, 0), None),  # no Triton
-    (dict(compile="auto"), "cuda", True, (6, 1), None),  # a GPU Triton does not serve
-    (dict(compile="auto", epochs=10), "cuda", True, (9, 0), None),  # 10 x 100 steps: too short
-    (dict(compile="auto", max_seconds=30.0), "cuda", True, (9, 0), None),  # too short a budget
-    (dict(compile="auto", epochs=10_000, max_seconds=600.0), "cuda", True, (9, 0), "reduce-overhead"),
+@pytest.mark.parametrize("compile, device, triton, capability, steps, seconds, expected", [
+    (True, "cpu", False, None, 10, None, "default"),
+    (True, "cuda", False, (6, 1), 10, 1.0, "reduce-overhead"),  # asked for: no questions
+    (False, "cuda", True, (9, 0), 10**6, None, None),
+    ("auto", "cpu", True, None, 10**6, None, None),
+    ("auto", "cuda", True, (9, 0), 10**6, None, "reduce-overhead"),
+    ("auto", "cuda", False, (9, 0), 10**6, None, None),  # no Triton
+    ("auto", "cuda", True, (6, 1), 10**6, None, None),  # a GPU Triton does not serve
+    ("auto", "cuda", True, (9, 0), AUTO_COMPILE_MIN_STEPS - 1, None, None),  # too short a run
+    ("auto", "cuda", True, (9, 0), AUTO_COMPILE_MIN_STEPS, None, "reduce-overhead"),
+    ("auto", "cuda", True, (9, 0), 10**6, AUTO_COMPILE_MIN_SECONDS / 2, None),  # too short a budget
+    ("auto", "cuda", True, (9, 0), 10**6, AUTO_COMPILE_MIN_SECONDS, "reduce-overhead"),
 ])
-def test_compile_mode(overrides, device, triton, capability, expected, monkeypatch):
-    import importlib.util
-
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if triton or name != "triton" else None)
+def test_compile_mode(compile, device, triton, capability, steps, seconds, expected, monkeypatch):
+    monkeypatch.setattr(runtime.importlib.util, "find_spec",
+                        lambda name: object() if triton or name != "triton" else None)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
-    assert compile_mode(config(**overrides), torch.device(device), steps_per_epoch=100) == expected
+    assert compile_mode(compile, torch.device(device), steps, seconds) == expected
+
+
+def test_the_trainer_asks_for_the_mode_of_the_whole_run(tiny_estimator, X, monkeypatch):
+    """compile_mode hears the run's total mini-batches (epochs x batches per epoch) and its budget."""
+    asked = []
+    monkeypatch.setattr(train_module, "compile_mode", lambda *args: asked.append(args))
+    tiny_estimator(epochs=3, max_seconds=1e6, compile="auto").fit(X)
+    assert asked == [("auto", torch.device("cpu"), 3 * 5, 1e6)]
 
 
 def test_auto_falls_back_to_eager_training_where_compiling_fails(tiny_estimator, X, monkeypatch):
@@ -105,7 +110,7 @@ def test_auto_falls_back_to_eager_training_where_compiling_fails(tiny_estimator,
         return fails
 
     monkeypatch.setattr(train_module.torch, "compile", broken_compile)
-    monkeypatch.setattr(train_module, "compile_mode", lambda cfg, device, steps: "reduce-overhead")
+    monkeypatch.setattr(train_module, "compile_mode", lambda *args: "reduce-overhead")
     with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C compiler.; training eagerly"):
         model = tiny_estimator(compile="auto", epochs=2).fit(X)
     assert [row["step"] for row in model.history_] == [5, 10]

@@ -12,6 +12,7 @@ import h5py
 import scipy.io
 from PIL import Image
 
+from mfcvae.config import preset_path, read_config
 from mfcvae.datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load_image_folder, load_mnist,
                              load_svhn, make_shapes, read_idx)
 from mfcvae.datasets.shapes import COLOURS, SHAPES
@@ -143,6 +144,17 @@ def test_load_mnist_reads_a_folder_by_split(tmp_path):
     (tmp_path / "fashion" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(FileNotFoundError, match="no label file"):
         load_mnist(tmp_path / "fashion")
+
+
+@pytest.mark.parametrize("preset", ["mnist", "fashion_mnist"])
+def test_mnist_presets_read_only_the_training_files(tmp_path, preset):
+    """The paper fits on the 60,000 training images: the presets' data options read split=train
+    (the CLI holds the test files out for evaluation)."""
+    arrays = write_mnist_folder(tmp_path / "mnist", n_train=6, n_test=4)
+    _, options = read_config(preset_path(preset))
+    ds = load(tmp_path / "mnist", **options)
+    np.testing.assert_array_equal(ds.x.raw[:, 0], arrays["train"][0])
+    np.testing.assert_array_equal(ds.labels["label"], arrays["train"][1])
 
 
 def test_read_idx_errors_name_the_problem(tmp_path):

@@ -8,14 +8,12 @@ facet with 4 clusters cannot represent the 16 combinations, so the only way to e
 with a 4-cluster top facet is one factor per facet. ``a`` explains more of the pixels, so
 progressive training (top facet first) should give it to the top facet, and ``b`` to the lower one.
 
-Measured with this configuration (CPU, torch 2.13): seeds 0..3 all give the top facet ``a`` at
-1.00 and the lower facet ``b`` at 0.99-1.00. The top facet is kept small (1-D latent, 4 clusters)
-so it cannot hold both factors; the lower facet gets 8 clusters for b's 4 values (over-clustering,
-scored many-to-one as in the paper), which avoids the local optimum where two of b's values share
-a cluster (0.76 with 4 clusters on half the seeds). Without free_bits the lower facet collapses
-onto its prior (KL ~0.01 nats, accuracy at chance) as soon as it is faded in. If this test fails,
-that collapse (or the merge) is the first thing to check: the failure message prints each
-facet's KL and the full accuracy table.
+The top facet is kept small (1-D latent, 4 clusters) so it cannot hold both factors; the lower
+facet gets 8 clusters for b's 4 values (over-clustering, scored many-to-one as in the paper),
+which avoids the local optimum where two of b's values share a cluster. Without free_bits the
+lower facet collapses onto its prior (a KL near zero, accuracy at chance) as soon as it is faded
+in. If this test fails, that collapse (or the merge) is the first thing to check: the failure
+message prints each facet's KL and the full accuracy table.
 """
 
 from __future__ import annotations
@@ -50,7 +48,7 @@ def test_each_facet_recovers_a_different_factor():
         batch_size=64,
         lr=2e-3,
         free_bits=3.0,  # keeps the lower facet from collapsing onto its prior when it fades in
-        refit_at_end=False,  # the figures above were measured without it
+        refit_at_end=False,  # what training alone learns
         seed=0,
         device="cpu",
         precision="float32",  # not "auto": the same arithmetic on every test machine

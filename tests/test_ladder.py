@@ -12,7 +12,7 @@ from mfcvae.datasets import Dataset
 from mfcvae.ladder import ConvLadderDecoder, ConvLadderEncoder, conv_ladder_fits
 from mfcvae.model import count_parameters
 
-CONV = dict(architecture="conv", activation="elu", batch_norm=True)
+CONV = dict(architecture="conv")
 
 
 def test_conv_ladder_has_the_papers_sizes():
@@ -61,11 +61,17 @@ def test_conv_ladder_rejects_shapes_it_cannot_halve():
         ConvLadderEncoder((3, 30, 32), (8, 16))
 
 
-def test_mlp_batch_norm_and_activation_options(make_model):
-    model = make_model(batch_norm=True, activation="elu")
-    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules())
-    assert any(isinstance(m, torch.nn.ELU) for m in model.modules())
-    assert model.elbo_terms(torch.rand(5, 3, 4, 4)).elbo().shape == (5,)
+@pytest.mark.parametrize("architecture, activation, norm", [("mlp", torch.nn.ReLU, False), ("conv", torch.nn.ELU, True)])
+def test_the_architecture_fixes_activation_and_batch_norm(make_model, architecture, activation, norm):
+    """As the paper has them: the MLP ladder with relu and no batch-norm, the conv ladder with elu
+    and batch-norm."""
+    model = make_model(input_shape=(3, 16, 16), hidden_dims=(8, 16), architecture=architecture)
+    assert (model.cfg.activation, model.cfg.batch_norm) == (activation.__name__.lower(), norm)
+    assert any(isinstance(m, activation) for m in model.modules())
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.ELU)) and not isinstance(m, activation)
+                   for m in model.modules())
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()) == norm
+    assert model.elbo_terms(torch.rand(5, 3, 16, 16)).elbo().shape == (5,)
 
 
 # --- the estimator's choice -----------------------------------------------------------------------
@@ -112,8 +118,8 @@ def test_fit_on_a_uint8_dataset_equals_fit_on_its_float_array(tiny_estimator):
 
 def test_fit_on_a_float_dataset_is_validated(tiny_estimator):
     bad = np.full((20, 5), 2.0, np.float32)
-    with pytest.raises(ValueError, match=r"needs \[0, 1\]"):
-        tiny_estimator().fit(Dataset(bad))
+    with pytest.raises(ValueError, match=r"needs them in \[0, 1\]"):
+        tiny_estimator(likelihood="bernoulli").fit(Dataset(bad))
     nan = np.zeros((20, 5), np.float32)
     nan[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
@@ -126,7 +132,9 @@ def test_paper_conv_model_size():
     from mfcvae.model import MultiFacetVAE
 
     cfg = ModelConfig(input_shape=(3, 32, 32), n_clusters=(60, 20), latent_dims=(20, 2), hidden_dims=(64, 128),
-                      covariance="full", learn_weights=False, likelihood="gaussian", **CONV)
+                      architecture="conv", covariance="full", learn_weights=False, weight_floor=0.0,
+                      likelihood="gaussian", likelihood_scale=0.3, posterior="exact", merge_scale=1.0,
+                      precision="float32")
     assert 1_000_000 < count_parameters(MultiFacetVAE(cfg)) < 3_000_000
 
 
@@ -142,9 +150,12 @@ def test_merge_scale_multiplies_the_lower_rungs_like_the_fade_in_weight(make_mod
     assert not torch.allclose(scaled.decode(zs), plain.decode(zs))
 
 
-def test_estimator_merge_scale_defaults_to_the_papers_per_architecture(X):
-    assert MFCVAE()._model_config((1, 28, 28), "float32").merge_scale == 0.1
-    assert MFCVAE()._model_config((3, 32, 32), "float32").merge_scale == 1.0  # conv
-    assert MFCVAE(merge_scale=1.0)._model_config((1, 28, 28), "float32").merge_scale == 1.0
+def test_estimator_merge_scale_defaults_to_the_papers_per_architecture():
+    def merge_scale(estimator: MFCVAE, input_shape: tuple[int, ...]) -> float:
+        return estimator._model_config(input_shape, "float32", "bernoulli").merge_scale
+
+    assert merge_scale(MFCVAE(), (1, 28, 28)) == 0.1
+    assert merge_scale(MFCVAE(), (3, 32, 32)) == 1.0  # conv
+    assert merge_scale(MFCVAE(merge_scale=1.0), (1, 28, 28)) == 1.0
     with pytest.raises(ValueError, match="merge_scale"):
-        MFCVAE(merge_scale=0.0)._model_config((1, 28, 28), "float32")
+        merge_scale(MFCVAE(merge_scale=0.0), (1, 28, 28))

@@ -10,8 +10,8 @@ import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from mfcvae.config import ModelConfig
-from mfcvae.likelihoods import Bernoulli, Gaussian
-from mfcvae.model import MultiFacetVAE, count_parameters
+from mfcvae.ladder import PAPER_MERGE_SCALE
+from mfcvae.model import LOG_VAR_RANGE, MultiFacetVAE, count_parameters, input_moments, soft_clamp
 
 POSTERIORS = ("exact", "mc")
 COVARIANCES = ("diag", "full")
@@ -27,8 +27,8 @@ def test_log_q_z_is_minus_the_gaussian_entropy(make_model, posterior):
     model = make_model(posterior=posterior)
     x = inputs()
     terms = model.elbo_terms(x)
-    for j, (mean, var) in enumerate(model.encode(x)):
-        entropy = Normal(mean, var.sqrt()).entropy().sum(-1)
+    for j, (mean, log_var) in enumerate(model.encode(x)):
+        entropy = Normal(mean, (0.5 * log_var).exp()).entropy().sum(-1)
         torch.testing.assert_close(terms.log_q_z[:, j], -entropy)
 
 
@@ -38,8 +38,8 @@ def test_log_q_c_and_log_p_c_use_the_exact_posterior(make_model, covariance):
     model = make_model(covariance=covariance)
     x = inputs()
     terms = model.elbo_terms(x)
-    for j, (prior, (mean, var)) in enumerate(zip(model.priors, model.encode(x))):
-        log_q = prior.cluster_log_posterior(mean, var)
+    for j, (prior, (mean, log_var)) in enumerate(zip(model.priors, model.encode(x))):
+        log_q = prior.cluster_log_posterior(mean, log_var)
         torch.testing.assert_close(terms.log_q_c[:, j], (log_q.exp() * log_q).sum(-1))
         torch.testing.assert_close(terms.log_p_c[:, j], (log_q.exp() * prior.log_weights).sum(-1))
     assert torch.all(terms.log_q_c <= 0)
@@ -55,9 +55,9 @@ def test_log_p_z_matches_monte_carlo_over_q_z(make_model, covariance):
     n_samples = 20_000
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for j, (prior, (mean, var)) in enumerate(zip(model.priors, model.encode(x))):
-            q = prior.cluster_log_posterior(mean, var).exp()
-            z = mean + var.sqrt() * torch.randn(n_samples, *mean.shape, generator=g, dtype=torch.float64)
+        for j, (prior, (mean, log_var)) in enumerate(zip(model.priors, model.encode(x))):
+            q = prior.cluster_log_posterior(mean, log_var).exp()
+            z = mean + (0.5 * log_var).exp() * torch.randn(n_samples, *mean.shape, generator=g, dtype=torch.float64)
             per_sample = (q * prior.log_prob(z.reshape(-1, prior.dim)).reshape(n_samples, len(x), -1)).sum(-1)
             se = per_sample.std(0) / math.sqrt(n_samples)
             err = (per_sample.mean(0) - terms.log_p_z[:, j].detach()).abs()
@@ -78,9 +78,9 @@ def test_kl_equals_mixture_of_gaussian_kls_plus_categorical_kl(make_model, poste
     assert torch.all(kl >= -1e-9)
     # q(c|x) as the model used it: recover it from log_q_c's ingredients (exact posterior only).
     if posterior == "exact":
-        for j, (prior, (mean, var)) in enumerate(zip(model.priors, model.encode(x))):
-            q_c = prior.cluster_log_posterior(mean, var).exp().detach()
-            q_z = MultivariateNormal(mean.unsqueeze(1), torch.diag_embed(var).unsqueeze(1))
+        for j, (prior, (mean, log_var)) in enumerate(zip(model.priors, model.encode(x))):
+            q_c = prior.cluster_log_posterior(mean, log_var).exp().detach()
+            q_z = MultivariateNormal(mean.unsqueeze(1), torch.diag_embed(log_var.exp()).unsqueeze(1))
             p_z = MultivariateNormal(prior.means, scale_tril=prior.scale_tril())
             gauss_kl = kl_divergence(q_z, p_z)  # (N, K)
             cat_kl = (q_c * (q_c.log() - prior.log_weights)).sum(-1)
@@ -120,7 +120,7 @@ def test_reconstruction_is_the_likelihood_at_the_sampled_latents(make_model):
     torch.manual_seed(3)
     terms = model.elbo_terms(x)
     torch.manual_seed(3)
-    zs = [m + v.sqrt() * torch.randn_like(m) for m, v in model.encode(x)]
+    zs = [m + (0.5 * log_var).exp() * torch.randn_like(m) for m, log_var in model.encode(x)]
     torch.testing.assert_close(terms.reconstruction, model.likelihood.log_prob(model.decode(zs), x))
 
 
@@ -165,8 +165,7 @@ def test_free_bits_floor_each_facets_batch_mean_kl_in_the_training_objective(mak
     assert grads[0].abs().sum() == 0 and grads[1].abs().sum() > 0
 
 
-@pytest.mark.parametrize("network", [{}, {"architecture": "conv", "activation": "elu", "batch_norm": True}],
-                         ids=["mlp", "conv"])
+@pytest.mark.parametrize("network", [{}, {"architecture": "conv"}], ids=["mlp", "conv"])
 def test_bfloat16_networks_keep_the_elbo_float32_and_within_rounding(make_model, network):
     """precision="bfloat16" runs the ladder in bfloat16: with the same weights and latent draw every
     ELBO term is float32 and within bfloat16 rounding of the float32 model's, but not equal to it
@@ -240,7 +239,10 @@ def test_other_numbers_of_facets(make_model, n_facets):
 
 def test_mnist_configuration_has_about_3_1_million_parameters():
     """SPEC 4: the paper's MLP ladder (784 -> 500 -> 2000, z (5, 5), K (25, 25)) has about 3.1 M parameters."""
-    cfg = ModelConfig(input_shape=(784,), n_clusters=(25, 25), latent_dims=(5, 5), hidden_dims=(500, 2000))
+    cfg = ModelConfig(input_shape=(784,), n_clusters=(25, 25), latent_dims=(5, 5), hidden_dims=(500, 2000),
+                      architecture="mlp", covariance="diag", learn_weights=True, weight_floor=0.0,
+                      likelihood="bernoulli", likelihood_scale=0.3, posterior="exact",
+                      merge_scale=PAPER_MERGE_SCALE["mlp"], precision="float32")
     n = count_parameters(MultiFacetVAE(cfg))
     assert 3_000_000 <= n <= 3_200_000, n
 
@@ -255,29 +257,154 @@ def test_sample_latents_fixes_one_facets_cluster(make_model):
     torch.testing.assert_close(zs[1], model.priors[1].means[2].detach().expand(8, 3), atol=1e-2, rtol=0)
 
 
-# --- likelihoods -----------------------------------------------------------------------------
+# --- the posterior's log-variance ------------------------------------------------------------
 
-def test_bernoulli_log_prob_is_continuous_cross_entropy():
-    """Grey-level targets (not binarised): sum x log p + (1 - x) log(1 - p) over every non-batch dim."""
+@pytest.mark.parametrize("posterior", POSTERIORS)
+@pytest.mark.parametrize("covariance", COVARIANCES)
+@pytest.mark.parametrize("log_var", [-200.0, 200.0])
+def test_extreme_log_variance_heads_give_finite_elbo_terms(make_model, covariance, posterior, log_var):
+    """A log-variance head pushed to -200 or +200 (exp under- or overflows in float32) gives finite
+    ELBO terms, a finite non-negative KL and finite gradients: the log-variance is carried as it is
+    and bounded softly, never exponentiated and logged again."""
+    model = make_model(covariance=covariance, posterior=posterior)
+    with torch.no_grad():
+        for head in model.logvar_heads:
+            head.weight.zero_()
+            head.bias.fill_(log_var)
+    terms = model.elbo_terms(inputs())
+    for name in ("reconstruction", "log_p_z", "log_p_c", "log_q_z", "log_q_c"):
+        assert torch.isfinite(getattr(terms, name)).all(), name
+    assert torch.all(terms.kl() >= 0)
+    (-terms.elbo().mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+    for _, lv in model.encode(inputs()):
+        torch.testing.assert_close(lv, torch.full_like(lv, LOG_VAR_RANGE[log_var > 0]))
+
+
+def test_soft_clamp_is_the_identity_inside_and_bounded_outside():
+    low, high = LOG_VAR_RANGE
+    inside = torch.linspace(low + 12, high - 12, 101)
+    torch.testing.assert_close(soft_clamp(inside, low, high), inside, rtol=0, atol=1e-5)
+    x = torch.tensor([-1e30, -1e4, -200.0, 200.0, 1e4, 1e30], requires_grad=True)
+    y = soft_clamp(x, low, high)
+    torch.testing.assert_close(y.detach(), torch.tensor([low] * 3 + [high] * 3))
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    dense = soft_clamp(torch.linspace(-100, 100, 20001), low, high)
+    assert torch.all(dense[1:] >= dense[:-1]) and low <= dense.min() and dense.max() <= high
+
+
+def test_encode_returns_the_log_variance_heads_output():
+    """Within the range (the usual case) encode's log-variance is the head's output itself."""
+    model = MultiFacetVAE(ModelConfig(input_shape=(6,), n_clusters=(2, 2), latent_dims=(2, 3), hidden_dims=(8, 4),
+                                      architecture="mlp", covariance="diag", learn_weights=True, weight_floor=0.0,
+                                      likelihood="bernoulli", likelihood_scale=0.3, posterior="exact",
+                                      merge_scale=PAPER_MERGE_SCALE["mlp"], precision="float32"))
+    x = inputs((6,))
+    features = model.encoder(x)
+    for (mean, log_var), h, mean_head, logvar_head in zip(model.encode(x), features, model.mean_heads,
+                                                          model.logvar_heads):
+        torch.testing.assert_close(mean, mean_head(h))
+        torch.testing.assert_close(log_var, logvar_head(h), rtol=0, atol=1e-6)
+
+
+# --- input scaling ("gaussian" likelihood) -----------------------------------------------------
+
+def real_inputs(shape=(3, 4, 4), n=40, seed=0) -> torch.Tensor:
+    """Real-valued features far from [0, 1]: per-feature offsets and spreads."""
+    g = torch.Generator().manual_seed(seed)
+    return 50 + 20 * torch.randn(*shape, generator=g) + torch.randn(n, *shape, generator=g) * 5
+
+
+def scaled_model(make_model, x: torch.Tensor) -> MultiFacetVAE:
+    model = make_model(input_shape=tuple(x.shape[1:]), likelihood="gaussian")
+    model.set_input_scaling(*input_moments(x))
+    return model
+
+
+def test_input_moments_are_the_per_feature_mean_and_std_batch_by_batch():
+    x = real_inputs(n=37).double()
+    shift, scale = input_moments(x, batch_size=5)
+    assert shift.shape == scale.shape == x.shape[1:] and shift.dtype == scale.dtype == torch.float32
+    torch.testing.assert_close(shift, x.mean(0).float())
+    torch.testing.assert_close(scale, x.std(0, unbiased=False).float())
+
+
+def test_input_moments_read_uint8_as_the_model_does_and_give_a_constant_feature_scale_1():
     g = torch.Generator().manual_seed(0)
-    logits, x = torch.randn(4, 2, 3, generator=g), torch.rand(4, 2, 3, generator=g)
-    p = torch.sigmoid(logits)
-    expected = (x * p.log() + (1 - x) * (1 - p).log()).flatten(1).sum(1)
-    torch.testing.assert_close(Bernoulli().log_prob(logits, x), expected)
+    x = torch.randint(0, 256, (50, 2, 3), generator=g, dtype=torch.uint8)
+    x[:, 1, 2] = 200  # a constant feature
+    shift, scale = input_moments(x, batch_size=7)
+    as_seen = x.double() / 255
+    torch.testing.assert_close(shift, as_seen.mean(0).float())
+    assert scale[1, 2] == 1 and shift[1, 2] == pytest.approx(200 / 255)
+    expected = as_seen.std(0, unbiased=False).float()
+    expected[1, 2] = 1
+    torch.testing.assert_close(scale, expected)
+    _, zero_scale = input_moments(torch.zeros(4, 3))
+    torch.testing.assert_close(zero_scale, torch.ones(3))
+    with pytest.raises(ValueError, match="non-finite"):
+        input_moments(torch.tensor([[0.0], [float("nan")]]))
 
 
-def test_bernoulli_clamps_confident_wrong_pixels():
-    """A saturated wrong logit costs at most -log(eps) per pixel instead of infinity."""
-    x = torch.tensor([[0.0, 1.0]])
-    out = Bernoulli(eps=1e-6).log_prob(torch.tensor([[1e4, -1e4]]), x)
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, torch.tensor([2 * math.log(1e-6)]), rtol=1e-4, atol=0)
+def test_standardisation_round_trip(make_model):
+    """The model standardises x to mean 0 and std 1 per feature; scale and shift undo it."""
+    x = real_inputs()
+    model = scaled_model(make_model, x)
+    xs = model.standardise(x)
+    torch.testing.assert_close(xs.mean(0), torch.zeros(x.shape[1:]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(xs.std(0, unbiased=False), torch.ones(x.shape[1:]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(xs * model.input_scale + model.input_shift, x)
 
 
-def test_gaussian_log_prob_includes_normalising_constant():
-    g = torch.Generator().manual_seed(0)
-    out, x = torch.randn(4, 6, generator=g), torch.rand(4, 6, generator=g)
-    lik = Gaussian(0.6)
-    mean = torch.sigmoid(out)
-    torch.testing.assert_close(lik.mean(out), mean)
-    torch.testing.assert_close(lik.log_prob(out, x), Normal(mean, 0.6).log_prob(x).sum(1))
+def test_gaussian_model_encodes_and_scores_standardised_inputs_and_decodes_in_their_units(make_model):
+    """Scaled: encode(x) and the reconstruction are an unscaled twin's on (x - shift) / scale;
+    decode_mean is the twin's output mean times scale plus shift."""
+    x = real_inputs(n=6)
+    model = scaled_model(make_model, x)
+    twin = make_model(input_shape=tuple(x.shape[1:]), likelihood="gaussian")  # same weights, identity scaling
+    xs = (x - model.input_shift) / model.input_scale
+    for (m, lv), (m2, lv2) in zip(model.encode(x), twin.encode(xs)):
+        torch.testing.assert_close(m, m2)
+        torch.testing.assert_close(lv, lv2)
+    torch.manual_seed(0)
+    a = model.elbo_terms(x)
+    torch.manual_seed(0)
+    b = twin.elbo_terms(xs)
+    torch.testing.assert_close(a.reconstruction, b.reconstruction)
+    zs = [m for m, _ in model.encode(x)]
+    torch.testing.assert_close(model.decode_mean(zs), model.decode(zs) * model.input_scale + model.input_shift)
+
+
+def test_decode_mean_of_bounded_likelihoods_is_the_likelihoods_mean(make_model):
+    for likelihood in ("bernoulli", "sigmoid_gaussian"):
+        model = make_model(likelihood=likelihood)
+        zs = [m for m, _ in model.encode(inputs())]
+        torch.testing.assert_close(model.decode_mean(zs), torch.sigmoid(model.decode(zs)))
+
+
+def test_state_dict_carries_the_input_scaling(make_model):
+    x = real_inputs()
+    model = scaled_model(make_model, x)
+    state = model.state_dict()
+    torch.testing.assert_close(state["input_shift"], input_moments(x)[0])
+    torch.testing.assert_close(state["input_scale"], input_moments(x)[1])
+    fresh = make_model(input_shape=tuple(x.shape[1:]), likelihood="gaussian", seed=1)
+    torch.testing.assert_close(fresh.input_scale, torch.ones(x.shape[1:]))  # identity by default
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.standardise(x), model.standardise(x))
+    assert "input_shift" in make_model().state_dict()  # every model has them, unused unless gaussian
+
+
+def test_set_input_scaling_refuses_bad_values(make_model):
+    shape = (3, 4, 4)
+    with pytest.raises(ValueError, match="likelihood='gaussian'"):
+        make_model(likelihood="bernoulli").set_input_scaling(torch.zeros(shape), torch.ones(shape))
+    model = make_model(likelihood="gaussian")
+    with pytest.raises(ValueError, match="input shape"):
+        model.set_input_scaling(torch.zeros(48), torch.ones(48))
+    with pytest.raises(ValueError, match="positive"):
+        model.set_input_scaling(torch.zeros(shape), torch.zeros(shape))
+    with pytest.raises(ValueError, match="non-finite"):
+        model.set_input_scaling(torch.full(shape, float("nan")), torch.ones(shape))

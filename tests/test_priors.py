@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
+from torch.distributions import MultivariateNormal, kl_divergence
 
 from mfcvae.priors import MixturePrior
 
@@ -37,10 +38,11 @@ def covariances(prior: MixturePrior) -> np.ndarray:
 
 
 def random_posterior(n: int = 5, dim: int = 3, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, log_var) of a random diagonal q(z|x), variances in [0.05, 0.85]."""
     g = torch.Generator().manual_seed(seed)
     mean = torch.randn(n, dim, generator=g, dtype=torch.float64) * 1.5
     var = torch.rand(n, dim, generator=g, dtype=torch.float64) * 0.8 + 0.05
-    return mean, var
+    return mean, var.log()
 
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
@@ -69,14 +71,26 @@ def test_full_covariance_uses_off_diagonal_entries():
 def test_expected_log_prob_matches_monte_carlo(covariance):
     """The closed form E_{N(m, diag v)}[log N(z; mu_k, Sigma_k)] agrees with an average over samples."""
     prior = random_prior(covariance)
-    mean, var = random_posterior()
-    exact = prior.expected_log_prob(mean, var).detach()
+    mean, log_var = random_posterior()
+    exact = prior.expected_log_prob(mean, log_var).detach()
     n_samples = 40_000
     g = torch.Generator().manual_seed(5)
-    z = mean + var.sqrt() * torch.randn(n_samples, *mean.shape, generator=g, dtype=torch.float64)
+    z = mean + (0.5 * log_var).exp() * torch.randn(n_samples, *mean.shape, generator=g, dtype=torch.float64)
     log_p = prior.log_prob(z.reshape(-1, prior.dim)).detach().reshape(n_samples, len(mean), prior.n_clusters)
     mc_mean, mc_se = log_p.mean(0), log_p.std(0) / math.sqrt(n_samples)
     assert torch.all((exact - mc_mean).abs() <= 5 * mc_se + 1e-9), (exact - mc_mean) / mc_se
+
+
+@pytest.mark.parametrize("covariance", COVARIANCES)
+def test_expected_log_prob_is_minus_kl_minus_entropy(covariance):
+    """Closed form: E_q[log N(z; mu_k, Sigma_k)] = -KL(q || N(mu_k, Sigma_k)) - H(q) for q = N(m, diag exp(l)),
+    with KL and H from torch.distributions."""
+    prior = random_prior(covariance)
+    mean, log_var = random_posterior()
+    q = MultivariateNormal(mean.unsqueeze(1), torch.diag_embed(log_var.exp()).unsqueeze(1))
+    p = MultivariateNormal(prior.means.detach(), scale_tril=prior.scale_tril().detach())
+    expected = -kl_divergence(q, p) - q.entropy()
+    torch.testing.assert_close(prior.expected_log_prob(mean, log_var).detach(), expected)
 
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
@@ -84,7 +98,7 @@ def test_expected_log_prob_reduces_to_log_prob_for_vanishing_variance(covariance
     """With var -> 0 the expectation is the density at the mean (the trace term vanishes)."""
     prior = random_prior(covariance)
     mean, _ = random_posterior()
-    got = prior.expected_log_prob(mean, torch.full_like(mean, 1e-12))
+    got = prior.expected_log_prob(mean, torch.full_like(mean, math.log(1e-12)))
     torch.testing.assert_close(got, prior.log_prob(mean))
 
 
@@ -92,9 +106,9 @@ def test_expected_log_prob_reduces_to_log_prob_for_vanishing_variance(covariance
 def test_cluster_log_posterior_is_normalised(covariance):
     """exp(log q(c|x)) sums to one over clusters, both exactly and with a sample z."""
     prior = random_prior(covariance)
-    mean, var = random_posterior()
-    exact = prior.cluster_log_posterior(mean, var)
-    one_sample = prior.cluster_log_posterior(mean, var, z=mean + var.sqrt())
+    mean, log_var = random_posterior()
+    exact = prior.cluster_log_posterior(mean, log_var)
+    one_sample = prior.cluster_log_posterior(mean, log_var, z=mean + (0.5 * log_var).exp())
     for lq in (exact, one_sample):
         assert lq.shape == (len(mean), prior.n_clusters)
         torch.testing.assert_close(lq.exp().sum(1), torch.ones(len(mean), dtype=torch.float64))
@@ -105,22 +119,22 @@ def test_cluster_log_posterior_is_normalised(covariance):
 def test_exact_posterior_is_softmax_of_log_weights_plus_expected_log_prob(covariance):
     """SPEC 2: q(c=k|x) ∝ pi_k exp(E_q[log N(z; mu_k, Sigma_k)])."""
     prior = random_prior(covariance)
-    mean, var = random_posterior()
-    expected = torch.log_softmax(prior.log_weights + prior.expected_log_prob(mean, var), dim=-1)
-    torch.testing.assert_close(prior.cluster_log_posterior(mean, var), expected)
+    mean, log_var = random_posterior()
+    expected = torch.log_softmax(prior.log_weights + prior.expected_log_prob(mean, log_var), dim=-1)
+    torch.testing.assert_close(prior.cluster_log_posterior(mean, log_var), expected)
 
 
 @pytest.mark.parametrize("covariance", COVARIANCES)
 def test_exact_posterior_maximises_the_categorical_elbo(covariance):
     """The paper's theorem: q* maximises sum_k q_k (log pi_k + E[log N_k]) - sum_k q_k log q_k."""
     prior = random_prior(covariance)
-    mean, var = random_posterior()
-    score = prior.log_weights + prior.expected_log_prob(mean, var)
+    mean, log_var = random_posterior()
+    score = prior.log_weights + prior.expected_log_prob(mean, log_var)
 
     def objective(log_q):
         return (log_q.exp() * (score - log_q)).sum(-1)
 
-    best = objective(prior.cluster_log_posterior(mean, var))
+    best = objective(prior.cluster_log_posterior(mean, log_var))
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         other = torch.log_softmax(torch.randn(score.shape, generator=g, dtype=torch.float64) * 2, dim=-1)
@@ -134,16 +148,16 @@ def test_one_sample_log_likelihood_averages_to_the_exact_one(covariance):
     """The "mc" estimate's unnormalised log-likelihood, averaged over samples of q(z|x), converges
     to the exact one, and with var -> 0 the "mc" posterior tends to the exact posterior."""
     prior = random_prior(covariance)
-    mean, var = random_posterior(n=3)
+    mean, log_var = random_posterior(n=3)
     n_samples = 40_000
     g = torch.Generator().manual_seed(11)
-    z = mean + var.sqrt() * torch.randn(n_samples, *mean.shape, generator=g, dtype=torch.float64)
+    z = mean + (0.5 * log_var).exp() * torch.randn(n_samples, *mean.shape, generator=g, dtype=torch.float64)
     unnormalised = prior.log_weights + prior.log_prob(z.reshape(-1, prior.dim)).reshape(n_samples, 3, -1)
-    exact_unnormalised = prior.log_weights + prior.expected_log_prob(mean, var)
+    exact_unnormalised = prior.log_weights + prior.expected_log_prob(mean, log_var)
     se = unnormalised.std(0) / math.sqrt(n_samples)
     assert torch.all((unnormalised.mean(0) - exact_unnormalised).abs() <= 5 * se + 1e-9)
 
-    tiny = torch.full_like(var, 1e-12)
+    tiny = torch.full_like(log_var, math.log(1e-12))
     torch.testing.assert_close(
         prior.cluster_log_posterior(mean, tiny, z=mean), prior.cluster_log_posterior(mean, tiny)
     )

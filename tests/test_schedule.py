@@ -3,18 +3,20 @@ validation of stage_epochs."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import pytest
 import torch
 
 from mfcvae.config import TrainConfig
-from mfcvae.schedule import ProgressiveSchedule
-from mfcvae.train import learning_rate
+from mfcvae.schedule import FADE_FRACTION, ProgressiveSchedule
+
+BASE = dict(epochs=10, batch_size=32, lr=1e-3, max_seconds=None, progressive=True, stage_epochs=None, fade_steps=None,
+            free_bits=0.0, reseed_dead=False, refit_at_end=False, seed=0, compile=False)
 
 
 def cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 10, "batch_size": 32, "lr": 1e-3, **kw})
+    return TrainConfig(**{**BASE, **kw})
 
 
 def test_two_facet_stages_and_linear_fade():
@@ -67,24 +69,25 @@ def test_progressive_off_gives_all_ones_from_the_start():
 
 
 def test_default_stages_are_equal_and_fade_is_half_a_stage():
-    """Without stage_epochs the run is split equally; fade_steps defaults to fade_fraction of the
-    (shortest) later stage, in mini-batches."""
+    """Without stage_epochs the run is split equally; without fade_steps a facet fades in over
+    FADE_FRACTION (half) of the (shortest) later stage, in mini-batches."""
+    assert FADE_FRACTION == 0.5
     sched = ProgressiveSchedule.from_config(cfg(epochs=10), 2, steps_per_epoch=8)
     assert sched.stage_starts == (0, 40)
     assert sched.fade_steps == round(0.5 * 5 * 8)
-    sched = ProgressiveSchedule.from_config(cfg(epochs=9, fade_fraction=0.25), 3, steps_per_epoch=4)
+    sched = ProgressiveSchedule.from_config(cfg(epochs=9), 3, steps_per_epoch=4)
     assert sched.stage_starts == (0, 12, 24)
-    assert sched.fade_steps == round(0.25 * 3 * 4)
-
-
-def test_fade_fraction_derivation_uses_shortest_later_stage():
-    sched = ProgressiveSchedule.from_config(cfg(epochs=10, stage_epochs=(2, 5, 3), fade_fraction=0.5), 3, 4)
-    assert sched.stage_starts == (0, 8, 28)
     assert sched.fade_steps == round(0.5 * 3 * 4)
 
 
-def test_explicit_fade_steps_override_fade_fraction():
-    sched = ProgressiveSchedule.from_config(cfg(stage_epochs=(5, 5), fade_steps=23, fade_fraction=0.1), 2, 10)
+def test_the_default_fade_is_half_the_shortest_later_stage():
+    sched = ProgressiveSchedule.from_config(cfg(epochs=10, stage_epochs=(2, 5, 3)), 3, 4)
+    assert sched.stage_starts == (0, 8, 28)
+    assert sched.fade_steps == round(FADE_FRACTION * 3 * 4)
+
+
+def test_explicit_fade_steps_override_the_default_fade():
+    sched = ProgressiveSchedule.from_config(cfg(stage_epochs=(5, 5), fade_steps=23), 2, 10)
     assert sched.fade_steps == 23
 
 
@@ -123,32 +126,21 @@ def test_stage_epochs_of_another_run_length_are_stretched_with_the_fade():
     assert longer.stage_starts == (0, 30) and longer.fade_steps == 14
 
 
-@pytest.mark.parametrize("kw", [dict(stage_epochs=(0, 10)), dict(fade_steps=-1), dict(fade_fraction=1.5),
-                                dict(epochs=0), dict(lr=0.0), dict(init="kmeans"),
-                                dict(lr_schedule="linear"), dict(lr_decay_start=1.0), dict(lr_decay_start=-0.1),
-                                dict(lr_decay_start="0.8")])
+@pytest.mark.parametrize("kw", [dict(stage_epochs=(0, 10)), dict(fade_steps=-1), dict(epochs=0), dict(lr=0.0),
+                                dict(batch_size=0), dict(max_seconds=0.0), dict(max_seconds=float("inf")),
+                                dict(free_bits=-1.0), dict(seed=-1), dict(seed=1.5), dict(progressive="yes"),
+                                dict(reseed_dead=None), dict(refit_at_end="no"), dict(compile="always")])
 def test_train_config_rejects_bad_values(kw):
     with pytest.raises(ValueError):
         cfg(**kw)
 
 
-def test_learning_rate_is_constant_or_a_cosine_over_the_run():
-    """constant: lr at every step (the paper's); cosine: lr at step 0, lr/2 half-way, 0 at the end."""
-    constant, cosine = cfg(lr=1e-3), cfg(lr=1e-3, lr_schedule="cosine")
-    assert [learning_rate(constant, s, 100) for s in (0, 50, 100)] == [1e-3] * 3
-    assert learning_rate(cosine, 0, 100) == pytest.approx(1e-3)
-    assert learning_rate(cosine, 50, 100) == pytest.approx(5e-4)
-    assert learning_rate(cosine, 100, 100) == pytest.approx(0.0, abs=1e-12)
-    assert all(learning_rate(cosine, s, 100) >= learning_rate(cosine, s + 1, 100) for s in range(100))
-
-
-def test_a_late_cosine_holds_lr_until_its_start_then_falls_to_zero():
-    """lr_decay_start=0.8: lr over the first 80 % of the run, then half a cosine over the rest
-    (lr/2 half-way through it, 0 at the end); with the constant schedule it changes nothing."""
-    late = cfg(lr=1e-3, lr_schedule="cosine", lr_decay_start=0.8)
-    assert [learning_rate(late, s, 100) for s in (0, 40, 80)] == [1e-3] * 3
-    assert learning_rate(late, 81, 100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.05)))
-    assert learning_rate(late, 90, 100) == pytest.approx(5e-4)
-    assert learning_rate(late, 100, 100) == pytest.approx(0.0, abs=1e-12)
-    assert all(learning_rate(late, s, 100) >= learning_rate(late, s + 1, 100) for s in range(100))
-    assert learning_rate(cfg(lr=1e-3, lr_decay_start=0.8), 90, 100) == 1e-3
+def test_train_config_has_no_defaults_and_no_removed_fields():
+    """Every field is given (the estimator is the one place for defaults); the removed options
+    (a learning-rate schedule, a fade fraction, pre-training, a choice of initialisation) are gone."""
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(TrainConfig))
+    with pytest.raises(TypeError):
+        TrainConfig(epochs=10, batch_size=32, lr=1e-3)
+    for removed in ("fade_fraction", "lr_schedule", "lr_decay_start", "pretrain_epochs", "init", "refit_every"):
+        with pytest.raises(TypeError):
+            cfg(**{removed: None})

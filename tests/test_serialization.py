@@ -151,3 +151,37 @@ def test_read_model_dir_errors(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
         write_model_dir(tmp_path / "f", {"w": torch.ones(1)}, {})
+
+
+def test_a_trainers_checkpoint_round_trips_through_its_run_folder(make_model, tmp_path):
+    """Everything a resumed run needs (weights, Adam's moments, counters, history, schedule, RNG,
+    budget) comes back from checkpoint.safetensors into a fresh trainer; other data is refused."""
+    from mfcvae.budget import TimeBudget
+    from mfcvae.config import TrainConfig
+    from mfcvae.runs import RunFolder
+    from mfcvae.train import Trainer, data_fingerprint
+
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3, max_seconds=None, progressive=True, stage_epochs=None,
+                      fade_steps=None, free_bits=0.0, reseed_dead=False, refit_at_end=False, seed=0, compile=False)
+    x, cpu = torch.rand(40, 3, 4, 4), torch.device("cpu")
+
+    def trainer(seed: int, run: RunFolder | None = None, data: torch.Tensor = x) -> Trainer:
+        return Trainer(make_model(seed=seed), cfg, len(x), cpu, TimeBudget(None), run=run,
+                       data_id=data_fingerprint(data))
+
+    run = RunFolder(tmp_path / "run")
+    first = trainer(0, run)
+    first.run(x[:])  # 3 epochs of 3 mini-batches, a checkpoint after each
+    second = trainer(1)
+    second.load_state(*run.read_checkpoint())
+    for (name, want), got in zip(first.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    want, got = first.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert want.keys() == got.keys()
+    for index in want:
+        torch.testing.assert_close(got[index]["exp_avg_sq"], want[index]["exp_avg_sq"], rtol=0, atol=0)
+    assert (second.epoch, second.step, second.history) == (3, 9, first.history)
+    assert second.schedule == first.schedule
+    torch.testing.assert_close(second.shuffle.get_state(), first.shuffle.get_state(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="trained on other data"):
+        trainer(1, data=x.flip(0)).load_state(*run.read_checkpoint())

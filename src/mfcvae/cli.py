@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,20 +26,15 @@ import yaml
 from .config import list_presets, preset_path, read_config, yaml_load
 from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load_image_folder, load_mnist, load_svhn,
                        make_shapes, reader_for, reader_options)
-from .estimator import MFCVAE, as_trained
+from .estimator import MFCVAE
 from .metrics import format_table
-from .serialization import MODEL_FILE
-from .train import CHECKPOINT_FILE, RUN_FILES, TENSORBOARD_DIR, read_checkpoint_metadata
+from .runs import RunFolder
 
 DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
               ".npy, .csv or a folder of images (one sub-folder per class, optionally)")
-DATA_FILE = "data.json"  # in a run folder: which data the run was fitted on, and how it was read
 ALL_READER_OPTIONS = {o for r in (load_mnist, load_idx, load_svhn, load_3dshapes, load_arrays, load_image_folder)
                       for o in reader_options(r)}
-# What a fresh fit removes from its run folder (after --overwrite): an older run's files would not
-# describe the new run, and an old model beside the new data.json would be scored on the wrong data.
-STALE_OUTPUTS = ("evaluation.json", "report.html", "report_*.png", *RUN_FILES)
 
 
 def parse_assignment(text: str, flag: str = "--set") -> tuple[str, object]:
@@ -85,10 +79,10 @@ def merge_data_options(spec: str, options: dict, preset_options: dict) -> dict:
     return merged
 
 
-def write_data_record(run_dir: Path, spec: str, options: dict) -> None:
-    """Record in a run folder the data it is fitted on (path or ``demo``, reader options), for
-    --resume and for the model commands run without --data."""
-    (run_dir / DATA_FILE).write_text(json.dumps({"path": spec, "options": options}, indent=2))
+def data_record(spec: str, options: dict) -> dict:
+    """What a run folder's data.json says of the data a run is fitted on (path or ``demo``, reader
+    options), for --resume and for the model commands run without --data."""
+    return {"path": spec if spec == DEMO_DATA else str(Path(spec).resolve()), "options": dict(options)}
 
 
 def data_source(args: argparse.Namespace, model_dir: str | Path) -> tuple[str, dict]:
@@ -98,8 +92,7 @@ def data_source(args: argparse.Namespace, model_dir: str | Path) -> tuple[str, d
     if "test_fraction" in options:
         raise ValueError("test_fraction is chosen when a run is fitted; afterwards the run keeps its own split "
                          "(see --part)")
-    record = Path(model_dir) / DATA_FILE
-    stored = json.loads(record.read_text()) if record.is_file() else None
+    stored = RunFolder(model_dir).read_data_record()
     if args.data is None:
         if stored is None:
             raise ValueError(f"--data is needed: {model_dir} does not record the data it was fitted on")
@@ -120,10 +113,7 @@ def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
         if args.preset or args.config:
             raise ValueError("--resume continues a run with its own configuration: drop --preset/--config "
                              "(change epochs with --epochs)")
-        checkpoint = Path(args.out) / CHECKPOINT_FILE
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"nothing to resume: {checkpoint} does not exist")
-        params, data_options = as_trained(read_checkpoint_metadata(checkpoint)), {}
+        params, data_options = RunFolder(args.out).checkpoint_params(), {}
     else:
         params, data_options = read_config(args.config if args.config else preset_path(args.preset or "demo"))
     overrides = dict(parse_assignment(s) for s in args.set)
@@ -143,7 +133,7 @@ def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
 def cmd_fit(args: argparse.Namespace) -> int:
     params, preset_options = build_params(args)
     out = Path(args.out)
-    if not args.resume and not args.overwrite and ((out / CHECKPOINT_FILE).exists() or (out / MODEL_FILE).exists()):
+    if not args.resume and not args.overwrite and RunFolder(out).holds_run():
         raise ValueError(f"{out} already holds a run or model: pass --resume to continue it or --overwrite to "
                          "start over")
     if args.resume:
@@ -154,32 +144,23 @@ def cmd_fit(args: argparse.Namespace) -> int:
                              "(pass --data demo to use it anyway)")
         spec = args.data or DEMO_DATA
         options = merge_data_options(spec, data_options(args), preset_options)
-    recorded = (spec if spec == DEMO_DATA else str(Path(spec).resolve()), dict(options))  # before test_fraction goes
-    test_fraction = options.pop("test_fraction", None)
-    data = load_data(spec, options)
-    parts = {"train": data}
-    if test_fraction:
-        parts["train"], parts["test"] = data.split(float(test_fraction), seed=params.get("seed", 0))
-    print(f"data: {data!r}" + (f"; {len(parts['test'])} held out for testing" if test_fraction else ""))
+    record = data_record(spec, options)
+    parts = data_parts(spec, options, seed=params.get("seed", 0))
+    print(f"data: {parts['train']!r}" + (f"; {len(parts['test'])} more held out for testing" if "test" in parts else ""))
 
     model = MFCVAE(**params)
-    model._validate_fit_input(parts["train"])  # bad data or a wrong value fails before the run folder is touched
-    if not args.resume:  # record the data, so that --resume and the model commands find it again
-        out.mkdir(parents=True, exist_ok=True)
-        for pattern in STALE_OUTPUTS:
-            for stale in out.glob(pattern):
-                stale.unlink()
-        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)
-        write_data_record(out, *recorded)
+    # the run folder takes data.json when the run first writes: a fit that fails before that
+    # leaves an older run in the folder whole
+    run = RunFolder(out, data_record=None if args.resume else record)
     try:
-        model.fit(parts["train"], run_dir=out, resume=args.resume)
+        model.fit(parts["train"], run_dir=run, resume=args.resume)
     except KeyboardInterrupt:
-        hint = f"continue with: mfcvae fit --out {out} --resume" if (out / CHECKPOINT_FILE).exists() else \
+        hint = f"continue with: mfcvae fit --out {out} --resume" if run.claimed and run.checkpoint.exists() else \
             "stopped before the first checkpoint: nothing to resume"
         print(f"\ninterrupted; {hint}", file=sys.stderr)
         return 130
     print(f"model written to {out} (networks in {model.precision_})")
-    if data.labels:
+    if parts["train"].labels:
         results = {part: model.evaluate(ds) for part, ds in parts.items()}
         for part, rows in results.items():
             print(f"\n{part} ({len(parts[part])} examples):\n{format_table(rows)}")
@@ -187,17 +168,35 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_data(args: argparse.Namespace) -> Dataset:
-    spec, options = data_source(args, args.model)
+def data_parts(spec: str, options: dict, seed: int) -> dict[str, Dataset]:
+    """A run's data: {"train": ...} and, where the options hold a part out, "test": with
+    ``test_fraction`` a random part of the data read (drawn with ``seed``), else with ``split=train``
+    (an MNIST folder's own split) the reader's test split."""
+    options = dict(options)
     test_fraction = options.pop("test_fraction", None)
+    data = load_data(spec, options)
+    if test_fraction:
+        return dict(zip(("train", "test"), data.split(float(test_fraction), seed=seed)))
+    if options.get("split") == "train":
+        return {"train": data, "test": load_data(spec, {**options, "split": "test"})}
+    return {"train": data}
+
+
+def _model_data(args: argparse.Namespace) -> Dataset:
+    """The data a model command works on: --part of the data given or recorded; "all" is the
+    training and test parts together."""
+    spec, options = data_source(args, args.model)
+    test_fraction = options.get("test_fraction")
     if args.part == "all":
+        options.pop("test_fraction", None)
+        if not test_fraction and options.get("split") == "train":
+            options["split"] = "all"  # the reader's test split is the run's test part
         return load_data(spec, options)
-    if not test_fraction:
-        raise ValueError(f"--part {args.part} needs a run fitted with test_fraction, on its own data: {args.model} "
-                         "was fitted without one, or --data names other data")
-    seed = MFCVAE.load(args.model, device="cpu").seed
-    train, test = load_data(spec, options).split(float(test_fraction), seed=seed)
-    return train if args.part == "train" else test
+    if not (test_fraction or options.get("split") == "train"):
+        raise ValueError(f"--part {args.part} needs a run fitted with test_fraction or split=train, on its own data: "
+                         f"{args.model} was fitted without either, or --data names other data")
+    seed = MFCVAE.load(args.model, device="cpu").seed if test_fraction else 0
+    return data_parts(spec, options, seed)[args.part]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -309,7 +308,8 @@ def make_parser() -> argparse.ArgumentParser:
             p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                            help="option for reading the data (see `mfcvae fit --help`)")
             p.add_argument("--part", choices=("all", "train", "test"), default="all",
-                           help="with a run fitted with test_fraction: which part of the data (default all)")
+                           help="with a run fitted with test_fraction or split=train (an MNIST folder's own "
+                                "training and test files): which part of the data (default all)")
         return p
 
     evaluate = model_command("evaluate", "accuracy / NMI / ARI of every facet against every label")

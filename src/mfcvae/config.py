@@ -17,19 +17,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .ladder import PAPER_MERGE_SCALE
+from .runtime import PRECISIONS
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 COVARIANCES = ("diag", "full")
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "sigmoid_gaussian")
 POSTERIORS = ("exact", "mc")
 ARCHITECTURES = ("mlp", "conv")
-ACTIVATIONS = ("relu", "elu")
-INITS = ("gmm", "random")
-LR_SCHEDULES = ("constant", "cosine")
-REFIT_STARTS = ("kmeans", "spectral")
-PRECISIONS = ("float32", "bfloat16")
 
 
 class _Loader(yaml.SafeLoader):
@@ -99,24 +94,24 @@ def _numpy_scalars_to_python(config: object) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The network: one entry per facet in n_clusters, latent_dims and hidden_dims (the
-    width of each MLP rung, or the channels of each conv block)."""
+    """The network, every value resolved (the estimator fills it in; nothing here has a default):
+    one entry per facet in n_clusters, latent_dims and hidden_dims (the width of each MLP rung,
+    or the channels of each conv block). The architecture fixes the activation and batch-norm:
+    MLP relu without batch-norm, conv elu with batch-norm, as the paper has them."""
 
     input_shape: tuple[int, ...]
     n_clusters: tuple[int, ...]
     latent_dims: tuple[int, ...]
     hidden_dims: tuple[int, ...]
-    covariance: str = "diag"
-    learn_weights: bool = True
-    weight_floor: float = 0.0
-    likelihood: str = "bernoulli"
-    likelihood_scale: float = 0.3
-    posterior: str = "exact"
-    architecture: str = "mlp"
-    activation: str = "relu"
-    batch_norm: bool = False
-    merge_scale: float | None = None  # None: the paper's for the architecture (see ladder.py)
-    precision: str = "float32"  # the networks' arithmetic; the probability terms stay float32
+    architecture: str
+    covariance: str
+    learn_weights: bool
+    weight_floor: float
+    likelihood: str
+    likelihood_scale: float
+    posterior: str
+    merge_scale: float  # the factor on each lower facet's decoder rung
+    precision: str  # the networks' arithmetic; the probability terms stay float32
 
     def __post_init__(self) -> None:
         _numpy_scalars_to_python(self)
@@ -130,57 +125,46 @@ class ModelConfig:
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         _check_choice("posterior", self.posterior, POSTERIORS)
         _check_choice("architecture", self.architecture, ARCHITECTURES)
-        _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("precision", self.precision, PRECISIONS)
-        _check_bool("batch_norm", self.batch_norm)
         _check_bool("learn_weights", self.learn_weights)
         check_real("likelihood_scale", self.likelihood_scale, 0, low_open=True)
         check_real("weight_floor", self.weight_floor, 0)
         if not self.weight_floor <= 1:
             raise ValueError(f"weight_floor must be in [0, 1], got {self.weight_floor!r}")
-        if self.merge_scale is None:
-            object.__setattr__(self, "merge_scale", PAPER_MERGE_SCALE[self.architecture])
         check_real("merge_scale", self.merge_scale, 0, low_open=True)
 
     @property
     def n_facets(self) -> int:
         return len(self.n_clusters)
 
+    @property
+    def activation(self) -> str:
+        return "elu" if self.architecture == "conv" else "relu"
+
+    @property
+    def batch_norm(self) -> bool:
+        return self.architecture == "conv"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation: Adam, mini-batches, progressive schedule, prior initialisation.
-
-    Stage lengths and the fade-in default to fractions of the run (equal stages, each
-    facet fading in over ``fade_fraction`` of its stage); ``stage_epochs`` and
-    ``fade_steps`` give them in absolute epochs / mini-batches, as the paper's presets do.
-    With ``max_seconds`` the run is a wall-clock budget: the schedule is laid over the time
-    instead of the mini-batches, and the run ends at the deadline or after ``epochs``.
-    ``compile``: train with the loss compiled by torch.compile: True, False or "auto" (the
-    trainer decides, from the device and the run's length; see ``train.compile_mode``).
-    """
+    """The optimisation, every value resolved (nothing here has a default): Adam on mini-batches,
+    the progressive schedule, the recipe beyond the paper (free_bits, reseed_dead, refit_at_end)
+    and the time budget. ``stage_epochs`` None: equal stages; ``fade_steps`` None: half a stage.
+    ``compile``: True, False or "auto" (see ``runtime.compile_mode``)."""
 
     epochs: int
     batch_size: int
     lr: float
-    lr_schedule: str = "constant"
-    lr_decay_start: float = 0.0
-    progressive: bool = True
-    stage_epochs: tuple[int, ...] | None = None
-    fade_steps: int | None = None
-    fade_fraction: float = 0.5
-    init: str = "gmm"
-    init_variances: bool = False
-    pretrain_epochs: int = 0
-    refit_on_stage: bool = False
-    refit_at_end: bool = False
-    refit_every: int = 0
-    refit_start: str = "spectral"
-    reseed_dead: bool = False
-    free_bits: float = 0.0
-    max_seconds: float | None = None
-    seed: int = 0
-    compile: bool | str = False
+    max_seconds: float | None
+    progressive: bool
+    stage_epochs: tuple[int, ...] | None
+    fade_steps: int | None
+    free_bits: float
+    reseed_dead: bool
+    refit_at_end: bool
+    seed: int
+    compile: bool | str
 
     def __post_init__(self) -> None:
         _numpy_scalars_to_python(self)
@@ -190,31 +174,16 @@ class TrainConfig:
         check_positive_ints("batch_size", (self.batch_size,))
         check_real("lr", self.lr, 0, low_open=True)
         _check_bool("progressive", self.progressive)
-        _check_bool("refit_on_stage", self.refit_on_stage)
-        _check_bool("refit_at_end", self.refit_at_end)
-        _check_count("refit_every", self.refit_every)
         _check_bool("reseed_dead", self.reseed_dead)
-        _check_bool("init_variances", self.init_variances)
+        _check_bool("refit_at_end", self.refit_at_end)
         if self.compile != "auto" and (isinstance(self.compile, str) or self.compile not in (True, False)):
             raise ValueError(f"compile must be true, false or 'auto', got {self.compile!r}")
-        check_real("fade_fraction", self.fade_fraction)
-        check_real("free_bits", self.free_bits)
+        check_real("free_bits", self.free_bits, 0)
         _check_count("seed", self.seed)
         if self.stage_epochs is not None:
             check_positive_ints("stage_epochs", self.stage_epochs)
         if self.fade_steps is not None:
             _check_count("fade_steps", self.fade_steps)
-        if not 0 <= self.fade_fraction <= 1:
-            raise ValueError(f"fade_fraction must be in [0, 1], got {self.fade_fraction!r}")
-        _check_choice("init", self.init, INITS)
-        _check_choice("refit_start", self.refit_start, REFIT_STARTS)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_real("lr_decay_start", self.lr_decay_start)
-        if not 0 <= self.lr_decay_start < 1:
-            raise ValueError(f"lr_decay_start must be in [0, 1), got {self.lr_decay_start!r}")
-        _check_count("pretrain_epochs", self.pretrain_epochs)
-        if not self.free_bits >= 0:
-            raise ValueError(f"free_bits must be >= 0, got {self.free_bits!r}")
 
 
 def list_presets() -> dict[str, str]:

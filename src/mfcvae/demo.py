@@ -10,12 +10,13 @@ import json
 import time
 from pathlib import Path
 
-from .cli import DEMO_DATA, write_data_record
+from .cli import DEMO_DATA, data_record
 from .config import load_preset
 from .datasets import make_shapes
 from .estimator import MFCVAE
 from .metrics import best_facet_per_label, format_table
 from .report import build_report
+from .runs import RunFolder
 
 TARGET_ACCURACY = 0.90
 
@@ -31,10 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"built-in data: {len(data)} images {data.shape}, factors {sorted(data.labels)} (never shown to the model)")
     start = time.perf_counter()
     model = MFCVAE(**{**load_preset("demo"), "seed": args.seed})
-    model._validate_fit_input(data)  # before the run folder is touched
-    out.mkdir(parents=True, exist_ok=True)
-    write_data_record(out, DEMO_DATA, {})  # so that `mfcvae report/compose/evaluate runs/demo` find the data
-    model.fit(data, run_dir=out)
+    # data.json goes in with the run's first files, so that `mfcvae report/compose/evaluate runs/demo` find the data
+    model.fit(data, run_dir=RunFolder(out, data_record=data_record(DEMO_DATA, {})))
     seconds = time.perf_counter() - start
 
     rows = model.evaluate(data)

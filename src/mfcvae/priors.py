@@ -7,8 +7,9 @@ Cholesky factor whose diagonal is made positive by softplus, so every value of t
 parameters is a valid covariance.
 
 The quantity everything else is built on is ``expected_log_prob``: for a Gaussian
-q(z|x) = N(m, diag v), E_q[log N(z; mu_k, Sigma_k)] in closed form. The paper's optimal
-categorical posterior is q(c=k|x) ∝ pi_k exp(E_q[log N(z; mu_k, Sigma_k)]).
+q(z|x) = N(m, diag v), given by its mean m and log-variance log v, E_q[log N(z; mu_k, Sigma_k)]
+in closed form. The paper's optimal categorical posterior is
+q(c=k|x) ∝ pi_k exp(E_q[log N(z; mu_k, Sigma_k)]).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ class MixturePrior(nn.Module):
 
     # --- parameters in usable form -------------------------------------------------
     @property
+    def learn_weights(self) -> bool:
+        """Whether the weights are learned (else uniform and fixed)."""
+        return isinstance(self.logits, nn.Parameter)
+
+    @property
     def log_weights(self) -> torch.Tensor:
         """log pi, shape (K,)."""
         log_softmax = F.log_softmax(self.logits, dim=-1)
@@ -102,24 +108,26 @@ class MixturePrior(nn.Module):
         """log N(z_n; mu_k, Sigma_k) for every input and cluster, shape (N, K)."""
         return -0.5 * (self.dim * LOG_2PI + self._log_det() + self._mahalanobis(z))
 
-    def expected_log_prob(self, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        """E_{N(z; mean, diag var)}[log N(z; mu_k, Sigma_k)], shape (N, K), in closed form.
+    def expected_log_prob(self, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        """E_{N(z; mean, diag exp(log_var))}[log N(z; mu_k, Sigma_k)], shape (N, K), in closed form,
+        for ``mean`` and ``log_var`` of shape (N, d).
 
         = -1/2 [d log 2pi + log|Sigma_k| + tr(Sigma_k^-1 diag var) + Mahalanobis(mean)].
         """
-        trace = var @ self._precision_diagonal().T
+        trace = log_var.exp() @ self._precision_diagonal().T
         return -0.5 * (self.dim * LOG_2PI + self._log_det() + trace + self._mahalanobis(mean))
 
     def cluster_log_posterior(
-        self, mean: torch.Tensor, var: torch.Tensor, z: torch.Tensor | None = None
+        self, mean: torch.Tensor, log_var: torch.Tensor, z: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """log q(c=k | x), shape (N, K): the optimal categorical posterior.
+        """log q(c=k | x), shape (N, K): the optimal categorical posterior for
+        q(z|x) = N(mean, diag exp(log_var)).
 
         Exact (``z is None``): log softmax_k(log pi_k + E_q[log N(z; mu_k, Sigma_k)]).
         With a sample ``z`` from q(z|x): the paper code's one-sample estimate of that
         expectation, log softmax_k(log pi_k + log N(z; mu_k, Sigma_k)).
         """
-        log_lik = self.expected_log_prob(mean, var) if z is None else self.log_prob(z)
+        log_lik = self.expected_log_prob(mean, log_var) if z is None else self.log_prob(z)
         return F.log_softmax(self.log_weights + log_lik, dim=-1)
 
     # --- generation ----------------------------------------------------------------
@@ -176,7 +184,7 @@ class MixturePrior(nn.Module):
         else:
             self.chol_diag_raw[target] = self.chol_diag_raw[source]
             self.chol_offdiag[target] = self.chol_offdiag[source]
-        if isinstance(self.logits, nn.Parameter):  # both logits at source's - log 2
+        if self.learn_weights:  # both logits at source's - log 2
             self.logits[source] -= math.log(2)
             self.logits[target] = self.logits[source]
 

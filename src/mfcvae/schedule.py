@@ -15,6 +15,8 @@ import torch
 
 from .config import TrainConfig
 
+FADE_FRACTION = 0.5  # without fade_steps, a facet fades in over this share of its stage
+
 
 @dataclass(frozen=True)
 class ProgressiveSchedule:
@@ -60,7 +62,7 @@ class ProgressiveSchedule:
             boundaries = [s * total // n_facets for s in range(n_facets + 1)]
         shortest_later_stage = min((b1 - b0 for b0, b1 in zip(boundaries[1:-1], boundaries[2:])), default=0)
         if cfg.fade_steps is None:
-            fade = round(cfg.fade_fraction * shortest_later_stage)
+            fade = round(FADE_FRACTION * shortest_later_stage)
         else:
             fade = round(cfg.fade_steps * scale)
             if n_facets > 1 and fade > shortest_later_stage:

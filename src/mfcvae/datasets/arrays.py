@@ -1,8 +1,8 @@
 """Arrays in files: ``.npz`` (inputs under ``x``, every other integer array of length N a
 label named by its key), ``.npy`` (inputs only) and ``.csv`` (numeric rows: feature vectors).
 
-uint8 inputs are read as images (value / 255); other numbers are kept as they are (a model
-takes values in [0, 1], so feature vectors are scaled into it before fitting).
+uint8 inputs are read as images (value / 255); other numbers are kept as they are (real-valued
+feature vectors are standardised by the estimator under ``likelihood="gaussian"``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,193 @@
+"""Fitting the facets' mixture priors to what the encoder makes of the data.
+
+Three steps outside the optimiser use it: the initial fit before training (SPEC section 6),
+the refit of every facet after training (``refit_at_end``) and the re-seeding of dead
+clusters between epochs (``reseed_dead``). Each encodes the data in eval mode, with
+batch-norm statistics re-estimated for the current weights first, so that an input's
+encoding does not depend on which other inputs share its batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from sklearn.cluster import SpectralClustering
+from sklearn.mixture import GaussianMixture
+from torch import nn
+
+from .batches import batch_bounds, map_batches, to_model_input
+from .model import MultiFacetVAE
+from .priors import MixturePrior
+
+GMM_MAX_POINTS = 20_000  # the initial fit and the spectral cut use at most this many inputs
+REFIT_MAX_POINTS = 100_000  # the end refit fits at most this many
+SPECTRAL_NEIGHBOURS = 15  # neighbours per input in the graph the spectral start cuts (UMAP's default)
+# The time a budgeted run keeps back for the end refit, as a multiple of the initial fit's
+# (scaled by the refit's larger number of inputs): the spectral cut and the encoding of every input.
+SPECTRAL_COST_RATIO = 11.0
+RESEED_POINTS = 4096  # inputs on which reseed_dead judges which clusters are used
+DEAD_SHARE = 0.1  # ... a cluster is dead below this fraction of its fair share (1/K) of them
+ENCODE_BATCH = 1024
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, device: torch.device,
+                           seed: int, max_batches: int = 50) -> None:
+    """Re-estimate every batch-norm layer's running statistics as plain averages over up to
+    ``max_batches`` random batches of ``x`` with the current weights; leaves the model in eval mode.
+
+    The running averages kept during training trail the weights (momentum 0.1); an eval-mode
+    encoder with stale statistics can map every input to nearly the same latent.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        model.train()
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        for lo, hi in batch_bounds(len(x), batch_size)[:max_batches]:
+            xb = to_model_input(x[order[lo:hi]], device)
+            model.decode([m for m, _ in model.encode(xb)])  # encoder and decoder layers both see data
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    model.eval()
+
+
+def _subset(x: torch.Tensor, max_points: int, rng: np.random.Generator) -> torch.Tensor:
+    if len(x) <= max_points:
+        return x
+    return x[torch.from_numpy(np.sort(rng.choice(len(x), max_points, replace=False)))]
+
+
+def _encode(model: MultiFacetVAE, x: torch.Tensor, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(mean_j, log_var_j)] of q(z_j|x) for every facet, on the CPU, in the model's current mode."""
+    flat = map_batches(lambda xb: [t for pair in model.encode(xb) for t in pair], x, ENCODE_BATCH, device)
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+@torch.no_grad()
+def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, seed: int,
+                      device: torch.device) -> None:
+    """The paper's initialisation: each facet's component means from a diagonal GaussianMixture
+    fitted to the posterior means of z_j of at most GMM_MAX_POINTS random inputs; variances and
+    weights keep their initial values."""
+    rng = np.random.default_rng(seed)
+    x = _subset(x, GMM_MAX_POINTS, rng)
+    recalibrate_batch_norm(model, x, batch_size, device, seed)
+    for prior, (means, _) in zip(model.priors, _encode(model, x, device)):
+        gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(means.double().numpy())
+        prior.set_means(torch.from_numpy(gmm.means_))
+
+
+@torch.no_grad()
+def refit_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, seed: int, device: torch.device) -> None:
+    """Fit every facet's mixture afresh to the aggregate posterior: a GaussianMixture on one draw
+    z ~ q(z_j|x) for each of at most REFIT_MAX_POINTS random inputs, its EM started from
+    ``spectral_start``'s partition. The prior takes the fitted means and covariances, and the
+    weights where they are learned; fixed weights stay fixed during the fit too."""
+    rng = np.random.default_rng(seed)
+    x = _subset(x, REFIT_MAX_POINTS, rng)
+    recalibrate_batch_norm(model, x, batch_size, device, seed)
+    noise = torch.Generator().manual_seed(seed)
+    for prior, (means, log_var) in zip(model.priors, _encode(model, x, device)):
+        z = means + (0.5 * log_var).exp() * torch.randn(means.shape, generator=noise, dtype=means.dtype)
+        z = z.double().numpy()
+        start = spectral_start(means.double().numpy(), z, prior.n_clusters, prior.covariance, seed)
+        gmm = _mixture(prior, seed, start).fit(z)
+        prior.set_means(torch.from_numpy(gmm.means_))
+        if prior.covariance == "full":
+            prior.set_covariances(torch.from_numpy(gmm.covariances_))
+        else:
+            prior.set_variances(torch.from_numpy(gmm.covariances_))
+        if prior.learn_weights:
+            prior.set_weights(torch.from_numpy(gmm.weights_))
+
+
+class _FixedWeightsMixture(GaussianMixture):
+    """A GaussianMixture whose EM keeps its starting weights (``weights_init``) throughout: the
+    M-step updates means and covariances only. Overrides scikit-learn's private ``_m_step``."""
+
+    def _m_step(self, X: np.ndarray, log_resp: np.ndarray, **kwargs) -> None:
+        super()._m_step(X, log_resp, **kwargs)
+        self.weights_ = np.asarray(self.weights_init, dtype=float)
+
+
+def _mixture(prior: MixturePrior, seed: int, start: dict) -> GaussianMixture:
+    """The GaussianMixture that fits ``prior``: weights learned, or held at the prior's own."""
+    if prior.learn_weights:
+        return GaussianMixture(prior.n_clusters, covariance_type=prior.covariance, random_state=seed, **start)
+    weights = prior.log_weights.exp().double().cpu().numpy()
+    start = {**start, "weights_init": weights / weights.sum()}
+    return _FixedWeightsMixture(prior.n_clusters, covariance_type=prior.covariance, random_state=seed, **start)
+
+
+def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, seed: int) -> dict:
+    """GaussianMixture start parameters (weights, means, precisions) from a spectral partition
+    of the graph joining each posterior mean to its SPECTRAL_NEIGHBOURS nearest (at most
+    GMM_MAX_POINTS of them, drawn at random), the groups' moments taken over ``z``.
+
+    A mixture's likelihood favours partitions that split wide groups and merge close ones, and
+    EM from k-means ends in one of those; a cut of the neighbour graph follows the data's
+    connected regions, and EM started there tends to stay near them.
+    {} (k-means' start) for a single cluster, or when a group has fewer than 2 points to take moments of.
+    """
+    if k < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
+    with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        warnings.filterwarnings("ignore", message="Exited")  # lobpcg short of its tolerance: the groups hold
+        # lobpcg rather than arpack: arpack's solve time varies widely, which a time budget cannot plan for
+        groups = SpectralClustering(k, affinity="nearest_neighbors", assign_labels="cluster_qr", random_state=seed,
+                                    n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),
+                                    eigen_solver="lobpcg").fit_predict(means[pick])
+    z = z[pick]
+    sizes = np.bincount(groups, minlength=k)
+    if sizes.min() < 2:
+        return {}
+    centres = np.stack([z[groups == c].mean(0) for c in range(k)])
+    reg = 1e-6 * np.eye(z.shape[1])  # GaussianMixture's reg_covar
+    covariances = np.stack([np.cov(z[groups == c].T, bias=True).reshape(z.shape[1], z.shape[1]) + reg
+                            for c in range(k)])
+    precisions = np.linalg.inv(covariances) if covariance == "full" else 1 / np.diagonal(covariances, axis1=1, axis2=2)
+    return {"weights_init": sizes / sizes.sum(), "means_init": centres, "precisions_init": precisions}
+
+
+@torch.no_grad()
+def reseed_dead_clusters(model: MultiFacetVAE, x: torch.Tensor, facets: list[int], batch_size: int,
+                         rng: np.random.Generator, device: torch.device) -> list[int]:
+    """Re-seed the dead clusters of ``facets``: those that are the most probable cluster (argmax
+    q(c|x), as predictions take it) for under DEAD_SHARE / K of RESEED_POINTS random inputs. Each,
+    in turn, takes over about half of the most used cluster: its covariance and half its weight,
+    centred on the posterior mean of one of its inputs (half of them count as the new cluster's when
+    the next one is chosen). The optimiser then pulls the two apart. A facet with fewer inputs than
+    clusters is left alone. Returns the count per facet; leaves the model in eval mode."""
+    x = _subset(x, RESEED_POINTS, rng)
+    recalibrate_batch_norm(model, x, batch_size, device, int(rng.integers(2**31)))
+    assignments = map_batches(lambda xb: [lp.argmax(1) for lp in model.cluster_log_posteriors(xb)], x,
+                              ENCODE_BATCH, device)
+    reseeded = []
+    for j in facets:
+        prior, assigned = model.priors[j], assignments[j]
+        counts = torch.bincount(assigned, minlength=prior.n_clusters)
+        dead = [] if len(x) < prior.n_clusters else \
+            (counts < DEAD_SHARE * len(x) / prior.n_clusters).nonzero().flatten().tolist()
+        n_reseeded = 0
+        for k in dead:
+            biggest = int(counts.argmax())
+            members = (assigned == biggest).nonzero().flatten()
+            if len(members) < 2:  # nothing left to split
+                break
+            moved = members[torch.from_numpy(rng.permutation(len(members))[:len(members) // 2])]
+            seed_mean = model.encode(to_model_input(x[moved[:1]], device))[j][0][0]
+            prior.split_component(biggest, k, seed_mean)
+            assigned[moved] = k
+            counts = torch.bincount(assigned, minlength=prior.n_clusters)
+            n_reseeded += 1
+        reseeded.append(n_reseeded)
+    return reseeded
