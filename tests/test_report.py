@@ -13,7 +13,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mfcvae import MFCVAE
 from mfcvae import plots
 from mfcvae.cli import main
 from mfcvae.datasets import Dataset

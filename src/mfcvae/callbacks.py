@@ -7,7 +7,6 @@ after every epoch (with the epoch's row of metrics); it reads, it never changes 
 from __future__ import annotations
 
 import sys
-import time
 
 from tqdm.auto import tqdm
 
@@ -43,7 +42,6 @@ class Progress(Callback):
         if self.interactive:  # the bar follows the position, so under a time budget it fills with the time
             self.bar = tqdm(total=trainer.total_steps, initial=trainer.position, unit="batch", dynamic_ncols=True,
                             file=self.stream)
-        self._epoch_started = time.perf_counter()
 
     def on_batch_end(self, trainer, sums: dict[str, float]) -> None:
         if self.bar is None:

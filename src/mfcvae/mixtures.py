@@ -141,7 +141,8 @@ def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, se
     pick = rng.choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
     with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
         warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        warnings.filterwarnings("ignore", message="Exited")  # lobpcg short of its tolerance: the groups hold
+        # lobpcg short of its tolerance: the groups hold
+        warnings.filterwarnings("ignore", message="Exited|Failed at iteration")
         # lobpcg rather than arpack: arpack's solve time varies widely, which a time budget cannot plan for
         groups = SpectralClustering(k, affinity="nearest_neighbors", assign_labels="cluster_qr", random_state=seed,
                                     n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),

@@ -52,10 +52,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def warn_if_emulated(precision: str, device: torch.device) -> None:
-    """Warn before training in bfloat16 on a CPU that emulates it (about ten times slower)."""
+    """Warn before training in bfloat16 on a CPU that emulates it (many times slower than float32)."""
     if precision == "bfloat16" and device.type == "cpu" and not cpu_has_native_bfloat16():
         warnings.warn("precision='bfloat16' on a CPU without native bfloat16 (no AVX-512 BF16, no AMX): "
-                      "it is emulated and about ten times slower than float32; precision='auto' picks "
+                      "it is emulated and many times slower than float32; precision='auto' picks "
                       "float32 here", stacklevel=3)
 
 
