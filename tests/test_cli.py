@@ -16,6 +16,7 @@ from mfcvae import train as train_module
 from mfcvae.cli import main
 from mfcvae.datasets import Dataset, make_tinted
 from mfcvae.runs import CHECKPOINT_FILE
+from mfcvae.serialization import read_safetensors
 
 from test_datasets import write_3dshapes, write_mnist_folder
 
@@ -366,3 +367,31 @@ def test_config_data_options_are_checked_and_a_new_run_clears_old_results(files,
     assert (files / "run" / "report.html").exists()
     assert fit(files, "--overwrite") == 0
     assert not (files / "run" / "report.html").exists() and not list((files / "run").glob("report_*.png"))
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_end(files):
+    """kill -9 gives the process no chance to save: the checkpoint of the last finished epoch (written
+    atomically) is what is left, and --resume trains the rest of the run from it."""
+    import signal
+    import time
+
+    config = {**TINY_CONFIG, "epochs": 400, "progressive": False}  # so that a shorter resumed run is the same run
+    (files / "long.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "mfcvae", "fit", "--config", str(files / "long.yaml"), "--data",
+               str(files / "data.npz"), "--out", str(files / "run"), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (files / "run" / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few more epochs
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done = read_safetensors(files / "run" / CHECKPOINT_FILE)[1]
+    assert 1 <= done["epoch"] < 400
+    assert main(["fit", "--out", str(files / "run"), "--resume", "--epochs", str(done["epoch"] + 2), "--quiet"]) == 0
+    model = MFCVAE.load(files / "run", device="cpu")
+    assert len(model.history_) == done["epoch"] + 2
+    assert [row["epoch"] for row in model.history_] == list(range(1, done["epoch"] + 3))

@@ -284,8 +284,8 @@ def test_extreme_log_variance_heads_give_finite_elbo_terms(make_model, covarianc
 
 def test_soft_clamp_is_the_identity_inside_and_bounded_outside():
     low, high = LOG_VAR_RANGE
-    inside = torch.linspace(low + 12, high - 12, 101)
-    torch.testing.assert_close(soft_clamp(inside, low, high), inside, rtol=0, atol=1e-5)
+    inside = torch.linspace(low + 10, high - 10, 101)
+    assert torch.equal(soft_clamp(inside, low, high), inside)  # not even rounded
     x = torch.tensor([-1e30, -1e4, -200.0, 200.0, 1e4, 1e30], requires_grad=True)
     y = soft_clamp(x, low, high)
     torch.testing.assert_close(y.detach(), torch.tensor([low] * 3 + [high] * 3))

@@ -37,11 +37,14 @@ LOG_VAR_RANGE = (-30.0, 20.0)
 
 
 def soft_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """``x`` bent smoothly into (low, high): softplus turns within a few units of each bound, so
-    a value well inside is itself (to the rounding of numbers of the bounds' size) and every
-    finite value, however large, maps to a finite one with a finite gradient."""
-    middle = 0.5 * (low + high)
-    return torch.where(x < middle, low + F.softplus(x - low), high - F.softplus(high - x))
+    """``x`` itself on the middle three fifths of (low, high), bent smoothly (with a continuous
+    slope) towards the bounds beyond, never reaching them: every finite value, however large,
+    maps to a finite one with a finite gradient, and the usual values pass through untouched."""
+    margin = 0.2 * (high - low)
+    a, b = low + margin, high - margin
+    below = a - margin * (1 - torch.exp((x - a).clamp(max=0) / margin))
+    above = b + margin * (1 - torch.exp((b - x).clamp(max=0) / margin))
+    return torch.where(x < a, below, torch.where(x > b, above, x))
 
 
 @dataclass

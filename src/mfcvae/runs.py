@@ -29,9 +29,8 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 DATA_FILE = "data.json"
-# an older run's outputs, which a fresh run removes when it claims the folder (data.json is the
-# caller's: the CLI writes it for the new run before fitting)
-RUN_OUTPUTS = (CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, CONFIG_FILE, "evaluation.json", "report.html",
+# an older run's files, which a fresh run removes when it claims the folder
+RUN_OUTPUTS = (CHECKPOINT_FILE, METRICS_FILE, MODEL_FILE, CONFIG_FILE, DATA_FILE, "evaluation.json", "report.html",
                "report_*.png")
 
 
@@ -68,8 +67,6 @@ class RunFolder:
             self.clear()
             if self.data_record is not None:
                 (self.path / DATA_FILE).write_text(json.dumps(self.data_record, indent=2))
-            else:  # an older run's record would name data this run was not fitted on
-                (self.path / DATA_FILE).unlink(missing_ok=True)
             self.claimed = True
 
     def adopt(self) -> None:

@@ -314,9 +314,9 @@ class Trainer:
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         meta = {"epoch": self.epoch, "planned_epochs": self.cfg.epochs, "step": self.step, "history": self.history,
-                "optimizer": optim_meta,
-                "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata, "progress": None,
-                "data": self.data_id, "budget": self.budget.state(), "precision": self.model.cfg.precision}
+                "optimizer": optim_meta, "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata,
+                "progress": None, "data": self.data_id, "budget": self.budget.state(),
+                "precision": self.model.cfg.precision}
         if self.progress is not None:  # a checkpoint in the middle of an epoch
             tensors["progress.order"] = self.progress.order
             meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
