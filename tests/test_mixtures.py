@@ -19,6 +19,19 @@ def encoded_means(model, x: torch.Tensor) -> list[np.ndarray]:
         return [m.double().numpy() for m, _ in model.encode(x)]
 
 
+def record_fits(monkeypatch) -> list[tuple[GaussianMixture, np.ndarray]]:
+    """Make mixtures.py's GaussianMixture record every fit: (the mixture, the points it was fitted to)."""
+    fits = []
+
+    class Recording(GaussianMixture):
+        def fit(self, z, y=None):
+            fits.append((self, z))
+            return super().fit(z)
+
+    monkeypatch.setattr(mixtures, "GaussianMixture", Recording)
+    return fits
+
+
 @pytest.mark.parametrize("covariance", ["diag", "full"])
 def test_the_initial_fit_copies_a_diagonal_mixtures_means_only(make_model, covariance):
     """Means come from a diagonal GaussianMixture on the encoded posterior means; covariances
@@ -38,14 +51,7 @@ def test_the_initial_fit_does_not_depend_on_the_order_the_data_is_stored_in(make
     """With batch-norm (the conv ladder) the encodings the first fit sees are eval-mode ones with
     statistics estimated over the data, not per-chunk training statistics: data stored sorted by
     group gives each input the same encoding as the same data shuffled."""
-    seen = []
-
-    class Recording(GaussianMixture):
-        def fit(self, z, y=None):
-            seen.append(z)
-            return super().fit(z)
-
-    monkeypatch.setattr(mixtures, "GaussianMixture", Recording)
+    fits = record_fits(monkeypatch)
     rng = np.random.default_rng(0)
     # two colour groups of 1536 images, stored one after the other (more than one encoding chunk each)
     x = torch.from_numpy(np.concatenate([np.full((1536, 3, 8, 8), 0.2), np.full((1536, 3, 8, 8), 0.8)])
@@ -57,7 +63,7 @@ def test_the_initial_fit_does_not_depend_on_the_order_the_data_is_stored_in(make
     shuffle = torch.from_numpy(rng.permutation(len(x)))
     model.load_state_dict(state)
     initialise_priors(model, x[shuffle], batch_size=3072, seed=0, device=CPU)
-    sorted_z, shuffled_z = seen
+    (_, sorted_z), (_, shuffled_z) = fits
     np.testing.assert_allclose(shuffled_z, sorted_z[shuffle.numpy()], rtol=1e-4, atol=1e-5)
 
 
@@ -81,18 +87,11 @@ def test_a_refit_matches_the_aggregate_posterior(make_model):
 def test_a_refit_copies_the_fitted_mixture_started_from_the_spectral_cut(make_model, covariance, monkeypatch):
     """Each facet's EM starts from the spectral start; the prior takes the fitted means,
     covariances and (learned) weights."""
-    fits = []
-
-    class Recording(GaussianMixture):
-        def fit(self, z, y=None):
-            fits.append(self)
-            return super().fit(z)
-
-    monkeypatch.setattr(mixtures, "GaussianMixture", Recording)
+    fits = record_fits(monkeypatch)
     model, x = make_model(covariance=covariance).eval(), torch.rand(200, 3, 4, 4)
     refit_priors(model, x, batch_size=64, seed=0, device=CPU)
-    assert [len(gmm.means_init) for gmm in fits] == [4, 3]
-    for prior, gmm in zip(model.priors, fits):
+    assert [len(gmm.means_init) for gmm, _ in fits] == [4, 3]
+    for prior, (gmm, _) in zip(model.priors, fits):
         assert gmm.covariance_type == covariance
         L = prior.scale_tril().detach()
         expected = gmm.covariances_ if covariance == "full" else np.stack([np.diag(v) for v in gmm.covariances_])
@@ -128,20 +127,13 @@ def test_a_refit_with_fixed_weights_holds_them_through_every_em_step(make_model,
 def test_the_first_fit_and_the_refit_each_take_their_own_number_of_inputs(make_model, monkeypatch):
     """The first fit (an untrained encoder) takes at most GMM_MAX_POINTS random inputs, the refit
     of a trained one at most REFIT_MAX_POINTS."""
-    sizes = []
-
-    class Recording(GaussianMixture):
-        def fit(self, z, y=None):
-            sizes.append(len(z))
-            return super().fit(z)
-
-    monkeypatch.setattr(mixtures, "GaussianMixture", Recording)
+    fits = record_fits(monkeypatch)
     monkeypatch.setattr(mixtures, "GMM_MAX_POINTS", 60)
     monkeypatch.setattr(mixtures, "REFIT_MAX_POINTS", 150)
     model, x = make_model().eval(), torch.rand(200, 3, 4, 4)
     initialise_priors(model, x, batch_size=64, seed=0, device=CPU)
     refit_priors(model, x, batch_size=64, seed=0, device=CPU)
-    assert sizes == [60, 60, 150, 150]  # one fit per facet
+    assert [len(z) for _, z in fits] == [60, 60, 150, 150]  # one fit per facet
 
 
 @pytest.mark.parametrize("covariance", ["diag", "full"])

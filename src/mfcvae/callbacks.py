@@ -82,13 +82,14 @@ class TensorBoard(Callback):
     """Each epoch's metrics as TensorBoard scalars in the run folder (when tensorboard is installed)."""
 
     def __init__(self, run: RunFolder):
-        self.run, self.writer = run, None
+        self.run, self.writer, self.available = run, None, True
 
     def on_epoch_end(self, trainer, row: dict) -> None:
-        if self.writer is None:
+        if self.writer is None and self.available:
             self.writer = self.run.tensorboard_writer()
-            if self.writer is None:
-                return
+            self.available = self.writer is not None
+        if self.writer is None:
+            return
         for key, value in row.items():
             self.writer.add_scalar(key, value, row["epoch"])
 
