@@ -46,9 +46,9 @@ def fake_compile(calls: list):
     def compile(fn, mode):
         calls.append(mode)
 
-        def counted(model, xb, weights, free_bits):
+        def counted(xb, weights):
             calls.append(len(xb))
-            return fn(model, xb, weights, free_bits)
+            return fn(xb, weights)
         return counted
     return compile
 
@@ -95,12 +95,23 @@ def test_compile_mode(compile, device, triton, capability, steps, seconds, expec
     assert compile_mode(compile, torch.device(device), steps, seconds) == expected
 
 
+@pytest.mark.parametrize("compile, device, expected", [
+    ("auto", "cuda", None),  # DDP's gradient hooks run outside CUDA graphs: "auto" stays eager
+    (True, "cuda", "default"),  # asked for: compiled, without CUDA graphs
+    (True, "cpu", "default"),
+])
+def test_compile_mode_of_data_parallel_training(compile, device, expected, monkeypatch):
+    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert compile_mode(compile, torch.device(device), 10**6, None, data_parallel=True) == expected
+
+
 def test_the_trainer_asks_for_the_mode_of_the_whole_run(tiny_estimator, X, monkeypatch):
     """compile_mode hears the run's total mini-batches (epochs x batches per epoch) and its budget."""
     asked = []
     monkeypatch.setattr(train_module, "compile_mode", lambda *args: asked.append(args))
     tiny_estimator(epochs=3, max_seconds=1e6, compile="auto").fit(X)
-    assert asked == [("auto", torch.device("cpu"), 3 * 5, 1e6)]
+    assert asked == [("auto", torch.device("cpu"), 3 * 5, 1e6, False)]  # one process: not data-parallel
 
 
 def test_auto_falls_back_to_eager_training_where_compiling_fails(tiny_estimator, X, monkeypatch):

@@ -43,11 +43,13 @@ class TimeBudget:
         """Seconds the training loop has run, earlier sessions of a resumed run included."""
         return self.elapsed + (0.0 if self._since is None else time.perf_counter() - self._since)
 
-    def fraction(self) -> float | None:
-        """The share of the loop's time spent (capped at 1), or None without a budget."""
+    def fraction(self, spent: float | None = None) -> float | None:
+        """The share of the loop's time spent (capped at 1), or None without a budget; ``spent``:
+        the loop seconds to count (default: this process's clock)."""
         if self.loop_seconds is None:
             return None
-        return 1.0 if self.loop_seconds <= 0 else min(self.spent() / self.loop_seconds, 1.0)
+        spent = self.spent() if spent is None else spent
+        return 1.0 if self.loop_seconds <= 0 else min(spent / self.loop_seconds, 1.0)
 
     def state(self) -> dict:
         return {"loop_seconds": self.loop_seconds, "elapsed": self.spent()}

@@ -16,13 +16,16 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from . import distributed
 from .config import list_presets, preset_path, read_config, yaml_load
 from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load_image_folder, load_mnist, load_svhn,
                        make_shapes, reader_for, reader_options)
@@ -133,7 +136,8 @@ def build_params(args: argparse.Namespace) -> tuple[dict, dict]:
 def cmd_fit(args: argparse.Namespace) -> int:
     params, preset_options = build_params(args)
     out = Path(args.out)
-    if not args.resume and not args.overwrite and RunFolder(out).holds_run():
+    restarted = RunFolder(out).written_by_this_launch()  # torchrun restarted the workers: the run resumes
+    if not (args.resume or args.overwrite or restarted) and RunFolder(out).holds_run():
         raise ValueError(f"{out} already holds a run or model: pass --resume to continue it or --overwrite to "
                          "start over")
     if args.resume:
@@ -144,9 +148,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
                              "(pass --data demo to use it anyway)")
         spec = args.data or DEMO_DATA
         options = merge_data_options(spec, data_options(args), preset_options)
+    if args.nproc is None and (args.nnodes != 1 or args.rdzv_endpoint or args.max_restarts):
+        raise ValueError("--nnodes, --rdzv-endpoint and --max-restarts go with --nproc")
+    if args.nproc is not None:
+        return launch_workers(args)
+    say = print if distributed.is_main() else (lambda *a, **k: None)  # one process speaks for a group
     record = data_record(spec, options)
     parts = data_parts(spec, options, seed=params.get("seed", 0))
-    print(f"data: {parts['train']!r}" + (f"; {len(parts['test'])} more held out for testing" if "test" in parts else ""))
+    say(f"data: {parts['train']!r}" + (f"; {len(parts['test'])} more held out for testing" if "test" in parts else ""))
 
     model = MFCVAE(**params)
     # the run folder takes data.json when the run first writes: a fit that fails before that
@@ -157,8 +166,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         hint = f"continue with: mfcvae fit --out {out} --resume" if run.claimed and run.checkpoint.exists() else \
             "stopped before the first checkpoint: nothing to resume"
-        print(f"\ninterrupted; {hint}", file=sys.stderr)
+        say(f"\ninterrupted; {hint}", file=sys.stderr)
         return 130
+    if not distributed.is_main():
+        return 0
     print(f"model written to {out} (networks in {model.precision_})")
     if parts["train"].labels:
         results = {part: model.evaluate(ds) for part, ds in parts.items()}
@@ -166,6 +177,50 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(f"\n{part} ({len(parts[part])} examples):\n{format_table(rows)}")
         (out / "evaluation.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+LAUNCH_FLAGS = ("--nproc", "--nnodes", "--rdzv-endpoint", "--max-restarts")  # the launcher's, not the workers'
+
+
+def launch_workers(args: argparse.Namespace) -> int:
+    """``mfcvae fit --nproc N ...``: run the same command in N processes per node through torchrun's
+    launcher (torch.distributed.run), which also restarts them after a failure (--max-restarts)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    if distributed.launched():
+        raise ValueError("--nproc starts torchrun, but this process was already started by it: drop --nproc")
+    if args.nproc < 1 or args.nnodes < 1 or args.max_restarts < 0:
+        raise ValueError(f"--nproc and --nnodes must be at least 1 and --max-restarts at least 0, got "
+                         f"{args.nproc}, {args.nnodes}, {args.max_restarts}")
+    if args.nnodes > 1 and args.rdzv_endpoint is None:
+        raise ValueError("--nnodes above 1 needs --rdzv-endpoint HOST:PORT, a node every node can reach")
+    launcher = [f"--nproc-per-node={args.nproc}", f"--max-restarts={args.max_restarts}"]
+    if args.rdzv_endpoint is None:
+        launcher.append("--standalone")
+    else:  # every node runs the same command, so a run id derived from it is the same on every node
+        run_id = os.environ.get("SLURM_JOB_ID") or hashlib.sha1(" ".join(args.argv).encode()).hexdigest()[:16]
+        launcher += [f"--nnodes={args.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}",
+                     f"--rdzv-id={run_id}"]
+    try:
+        torchrun([*launcher, "-m", "mfcvae", *worker_argv(args.argv)])
+    except ChildFailedError:
+        print("mfcvae fit: error: a worker process failed; its error is printed above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def worker_argv(argv: list[str]) -> list[str]:
+    """The command line without the launcher's flags (LAUNCH_FLAGS), for the workers to run."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in LAUNCH_FLAGS:
+            skip = True
+        elif not token.startswith(tuple(f"{flag}=" for flag in LAUNCH_FLAGS)):
+            out.append(token)
+    return out
 
 
 def data_parts(spec: str, options: dict, seed: int) -> dict[str, Dataset]:
@@ -297,6 +352,14 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", help="auto, cpu or cuda[:i]")
     fit.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override any parameter")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    parallel = fit.add_argument_group("data-parallel training (through torchrun; or launch with torchrun itself)")
+    parallel.add_argument("--nproc", type=int, help="processes per node, one per GPU (or several CPU processes); "
+                                                    "each takes batch_size examples per step")
+    parallel.add_argument("--nnodes", type=int, default=1, help="nodes, each running this same command (default 1)")
+    parallel.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="where the nodes meet (with --nnodes > 1)")
+    parallel.add_argument("--max-restarts", type=int, default=0,
+                          help="restart the processes this often after a failure; the run resumes from its "
+                               "last checkpoint (default 0)")
     fit.set_defaults(func=cmd_fit)
 
     def model_command(name: str, help: str, data: bool = True) -> argparse.ArgumentParser:
@@ -347,10 +410,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = make_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, FloatingPointError) as err:  # OSError: unreadable or unwritable paths
+    # OSError: unreadable or unwritable paths; GroupError: a process of a data-parallel run stalled or died
+    except (ValueError, TypeError, OSError, FloatingPointError, distributed.GroupError) as err:
         print(f"mfcvae {args.command}: error: {err}", file=sys.stderr)
         return 2
 

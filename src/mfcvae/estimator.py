@@ -15,6 +15,7 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
+from . import distributed
 from .batches import map_batches
 from .callbacks import Callback, MetricsCSV, Progress, TensorBoard
 from .config import ARCHITECTURES, LIKELIHOODS, ModelConfig, TrainConfig, check_positive_ints, check_real, is_int
@@ -264,6 +265,11 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         files in it are removed when this run first writes. ``resume=True`` continues from the
         checkpoint; a larger ``epochs`` lengthens the last stage of the progressive schedule.
         Every parameter and X are checked before anything is trained or written.
+
+        Under torchrun every process calls ``fit`` with the same X and trains data-parallel:
+        each optimiser step takes ``batch_size`` examples per process, only rank 0 writes to
+        ``run_dir``, and every process ends with the same model. When torchrun restarts the
+        processes after a failure, a run folder whose checkpoint this launch wrote is resumed.
         """
         started = time.perf_counter()  # a max_seconds budget counts from here
         x = as_tensor(X)
@@ -271,10 +277,11 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError("X has 1 sample: fit needs at least 2 samples")
         if not (isinstance(self.verbose, (bool, np.bool_)) or (is_int(self.verbose) and self.verbose >= 0)):
             raise ValueError(f"verbose must be true or false, got {self.verbose!r}")
-        device = resolve_device(self.device)
+        device = distributed.join(resolve_device(self.device))
         if resume and run_dir is None:
             raise ValueError("resume=True needs the run_dir holding the checkpoint")
         run = run_dir if isinstance(run_dir, RunFolder) or run_dir is None else RunFolder(run_dir)
+        resume = resume or (run is not None and run.written_by_this_launch())
         # a resumed run keeps the arithmetic it started in, whatever "auto" picks here
         precision = self._check_resumable(run) if resume else resolve_precision(self.precision, device)
         likelihood = self._resolve_likelihood(x)
@@ -282,12 +289,15 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         train_cfg = self._train_config(model_cfg.n_facets)
         if len(x) < max(model_cfg.n_clusters):
             raise ValueError(f"X has {len(x)} samples, fewer than the {max(model_cfg.n_clusters)} clusters asked for")
+        if len(x) < 2 * distributed.world_size():
+            raise ValueError(f"X has {len(x)} samples: {distributed.world_size()} processes need at least two each")
         warn_if_emulated(precision, device)
 
-        callbacks: list[Callback] = [Progress()] if self.verbose else []
-        if run is not None:
-            callbacks += [MetricsCSV(run), TensorBoard(run)]
-        with seeded(self.seed, device):
+        callbacks: list[Callback] = []
+        if distributed.is_main():  # the other ranks neither print nor write
+            callbacks += [Progress()] if self.verbose else []
+            callbacks += [MetricsCSV(run), TensorBoard(run)] if run is not None else []
+        with seeded(self.seed, device), distributed.explain_failures():
             model = MultiFacetVAE(model_cfg).to(device)
             if likelihood == "gaussian":
                 model.set_input_scaling(*input_moments(x))
@@ -295,9 +305,10 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
                             metadata=_jsonable(self.get_params()), started=started)
         self.model_, self.input_shape_, self.history_ = model.eval(), tuple(x.shape[1:]), history
         self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.labels_ = self._predict(x)
-        if run is not None:
+        self.labels_ = self._predict(x, shared=True)
+        if run is not None and distributed.is_main():
             self.save(run.path)
+        distributed.barrier()  # the model is written before any rank goes on
         return self
 
     def _check_resumable(self, run: RunFolder) -> str:
@@ -327,15 +338,18 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
     def _device(self) -> torch.device:
         return next(self.model_.parameters()).device
 
-    def _map(self, fn, x: torch.Tensor) -> list[np.ndarray]:
+    def _map(self, fn, x: torch.Tensor, shared: bool = False) -> list[np.ndarray]:
+        """``fn`` over ``x`` batch by batch; ``shared``: every rank of a data-parallel run maps its
+        share of the same ``x`` and gets all of the outputs."""
         with torch.no_grad():
-            return [t.numpy() for t in map_batches(fn, x, PREDICT_BATCH, self._device)]
+            mapped = (distributed.map_shards if shared else map_batches)(fn, x, PREDICT_BATCH, self._device)
+        return [t.numpy() for t in mapped]
 
-    def _predict_proba(self, x: torch.Tensor) -> list[np.ndarray]:
-        return self._map(lambda xb: [lq.exp() for lq in self.model_.cluster_log_posteriors(xb)], x)
+    def _predict_proba(self, x: torch.Tensor, shared: bool = False) -> list[np.ndarray]:
+        return self._map(lambda xb: [lq.exp() for lq in self.model_.cluster_log_posteriors(xb)], x, shared)
 
-    def _predict(self, x: torch.Tensor) -> np.ndarray:
-        return np.stack([p.argmax(1) for p in self._predict_proba(x)], axis=1).astype(np.int64)
+    def _predict(self, x: torch.Tensor, shared: bool = False) -> np.ndarray:
+        return np.stack([p.argmax(1) for p in self._predict_proba(x, shared)], axis=1).astype(np.int64)
 
     def predict_proba(self, X) -> list[np.ndarray]:
         """q(c_j | x) for every facet: a list of J arrays (N, K_j) whose rows sum to 1."""

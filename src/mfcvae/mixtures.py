@@ -5,6 +5,9 @@ the refit of every facet after training (``refit_at_end``) and the re-seeding of
 clusters between epochs (``reseed_dead``). Each encodes the data in eval mode, with
 batch-norm statistics re-estimated for the current weights first, so that an input's
 encoding does not depend on which other inputs share its batch.
+
+In data-parallel training every rank encodes its share of the inputs, rank 0 fits the
+mixtures to all of them, and every rank then takes rank 0's parameters (distributed.py).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from sklearn.cluster import SpectralClustering
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from .batches import batch_bounds, map_batches, to_model_input
+from . import distributed
+from .batches import batch_bounds, to_model_input
 from .model import MultiFacetVAE
 from .priors import MixturePrior
 
@@ -39,7 +43,8 @@ def recalibrate_batch_norm(model: MultiFacetVAE, x: torch.Tensor, batch_size: in
     ``max_batches`` random batches of ``x`` with the current weights; leaves the model in eval mode.
 
     The running averages kept during training trail the weights (momentum 0.1); an eval-mode
-    encoder with stale statistics can map every input to nearly the same latent.
+    encoder with stale statistics can map every input to nearly the same latent. Data-parallel,
+    the ranks share the batches and average their statistics.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if norms:
@@ -49,12 +54,28 @@ def recalibrate_batch_norm(model: MultiFacetVAE, x: torch.Tensor, batch_size: in
             m.momentum = None  # cumulative average
         model.train()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        for lo, hi in batch_bounds(len(x), batch_size)[:max_batches]:
+        batches = batch_bounds(len(x), batch_size)[:max_batches]
+        for lo, hi in batches[distributed.rank()::distributed.world_size()]:
             xb = to_model_input(x[order[lo:hi]], device)
             model.decode([m for m, _ in model.encode(xb)])  # encoder and decoder layers both see data
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
+            _average_over_ranks(m)
     model.eval()
+
+
+def _average_over_ranks(norm: nn.modules.batchnorm._BatchNorm) -> None:
+    """Make a batch-norm layer's cumulative running statistics the average over every rank's batches."""
+    if not distributed.active():
+        return
+    count = norm.num_batches_tracked.double()
+    totals = distributed.all_reduce_sum(torch.cat([norm.running_mean.double() * count,
+                                                   norm.running_var.double() * count, count.reshape(1)]))
+    n = totals[-1]
+    features = len(norm.running_mean)
+    norm.running_mean.copy_(totals[:features] / n)
+    norm.running_var.copy_(totals[features:2 * features] / n)
+    norm.num_batches_tracked.fill_(int(n))
 
 
 def _subset(x: torch.Tensor, max_points: int, rng: np.random.Generator) -> torch.Tensor:
@@ -64,8 +85,9 @@ def _subset(x: torch.Tensor, max_points: int, rng: np.random.Generator) -> torch
 
 
 def _encode(model: MultiFacetVAE, x: torch.Tensor, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[(mean_j, log_var_j)] of q(z_j|x) for every facet, on the CPU, in the model's current mode."""
-    flat = map_batches(lambda xb: [t for pair in model.encode(xb) for t in pair], x, ENCODE_BATCH, device)
+    """[(mean_j, log_var_j)] of q(z_j|x) for every facet, on the CPU, in the model's current mode
+    (data-parallel: each rank encodes its share, and every rank gets them all)."""
+    flat = distributed.map_shards(lambda xb: [t for pair in model.encode(xb) for t in pair], x, ENCODE_BATCH, device)
     return list(zip(flat[0::2], flat[1::2]))
 
 
@@ -78,9 +100,12 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, se
     rng = np.random.default_rng(seed)
     x = _subset(x, GMM_MAX_POINTS, rng)
     recalibrate_batch_norm(model, x, batch_size, device, seed)
-    for prior, (means, _) in zip(model.priors, _encode(model, x, device)):
-        gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed).fit(means.double().numpy())
-        prior.set_means(torch.from_numpy(gmm.means_))
+    encoded = _encode(model, x, device)
+    if distributed.is_main():
+        for prior, (means, _) in zip(model.priors, encoded):
+            gmm = GaussianMixture(prior.n_clusters, covariance_type="diag", random_state=seed)
+            prior.set_means(torch.from_numpy(gmm.fit(means.double().numpy()).means_))
+    distributed.broadcast_state(model)
 
 
 @torch.no_grad()
@@ -92,8 +117,15 @@ def refit_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, seed: i
     rng = np.random.default_rng(seed)
     x = _subset(x, REFIT_MAX_POINTS, rng)
     recalibrate_batch_norm(model, x, batch_size, device, seed)
+    encoded = _encode(model, x, device)
+    if distributed.is_main():
+        _refit(model, encoded, seed)
+    distributed.broadcast_state(model)
+
+
+def _refit(model: MultiFacetVAE, encoded: list[tuple[torch.Tensor, torch.Tensor]], seed: int) -> None:
     noise = torch.Generator().manual_seed(seed)
-    for prior, (means, log_var) in zip(model.priors, _encode(model, x, device)):
+    for prior, (means, log_var) in zip(model.priors, encoded):
         z = means + (0.5 * log_var).exp() * torch.randn(means.shape, generator=noise, dtype=means.dtype)
         z = z.double().numpy()
         start = spectral_start(means.double().numpy(), z, prior.n_clusters, prior.covariance, seed)
@@ -167,10 +199,11 @@ def reseed_dead_clusters(model: MultiFacetVAE, x: torch.Tensor, facets: list[int
     in turn, takes over about half of the most used cluster: its covariance and half its weight,
     centred on the posterior mean of one of its inputs (half of them count as the new cluster's when
     the next one is chosen). The optimiser then pulls the two apart. A facet with fewer inputs than
-    clusters is left alone. Returns the count per facet; leaves the model in eval mode."""
+    clusters is left alone. Returns the count per facet; leaves the model in eval mode. Data-parallel,
+    every rank makes the same choices from the same gathered assignments and takes rank 0's result."""
     x = _subset(x, RESEED_POINTS, rng)
     recalibrate_batch_norm(model, x, batch_size, device, int(rng.integers(2**31)))
-    assignments = map_batches(lambda xb: [lp.argmax(1) for lp in model.cluster_log_posteriors(xb)], x,
+    assignments = distributed.map_shards(lambda xb: [lp.argmax(1) for lp in model.cluster_log_posteriors(xb)], x,
                               ENCODE_BATCH, device)
     reseeded = []
     for j in facets:
@@ -191,4 +224,5 @@ def reseed_dead_clusters(model: MultiFacetVAE, x: torch.Tensor, facets: list[int
             counts = torch.bincount(assigned, minlength=prior.n_clusters)
             n_reseeded += 1
         reseeded.append(n_reseeded)
+    distributed.broadcast_state(model)
     return reseeded

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .serialization import CONFIG_FILE, MODEL_FILE, read_safetensors, write_safetensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -86,6 +87,13 @@ class RunFolder:
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"nothing to resume: {self.checkpoint} does not exist")
         return read_safetensors(self.checkpoint)
+
+    def written_by_this_launch(self) -> bool:
+        """Whether torchrun has restarted this process and the checkpoint is its launch's own (to
+        resume), not an older run's."""
+        if distributed.restart_count() == 0 or not self.checkpoint.is_file():
+            return False
+        return self.read_checkpoint()[1].get("launch") == distributed.launch_id()
 
     def checkpoint_params(self) -> dict:
         """The estimator parameters a checkpoint was trained with."""

@@ -60,24 +60,25 @@ def warn_if_emulated(precision: str, device: torch.device) -> None:
 
 
 def compile_mode(compile: bool | str, device: torch.device, total_steps: int,
-                 max_seconds: float | None) -> str | None:
+                 max_seconds: float | None, data_parallel: bool = False) -> str | None:
     """The torch.compile mode training uses, or None for eager training.
 
-    True: "reduce-overhead" (CUDA graphs) on a GPU, "default" on a CPU. "auto": only on a GPU
-    that Triton serves (compute capability 7.0 or later), and only for a run of at least
-    AUTO_COMPILE_MIN_STEPS mini-batches and AUTO_COMPILE_MIN_SECONDS of budget; never on a CPU,
-    where a step is bound by its matrix products.
+    True: "reduce-overhead" (CUDA graphs) on a GPU, "default" on a CPU or in data-parallel
+    training (DistributedDataParallel's gradient hooks run outside CUDA graphs). "auto": only
+    on a GPU that Triton serves (compute capability 7.0 or later), only for a run of at least
+    AUTO_COMPILE_MIN_STEPS mini-batches and AUTO_COMPILE_MIN_SECONDS of budget, and not
+    data-parallel; never on a CPU, where a step is bound by its matrix products.
     """
     if compile == "auto":
         long_enough = total_steps >= AUTO_COMPILE_MIN_STEPS and (
             max_seconds is None or max_seconds >= AUTO_COMPILE_MIN_SECONDS)
         served = (device.type == "cuda" and importlib.util.find_spec("triton") is not None
                   and torch.cuda.get_device_capability(device) >= (7, 0))
-        if not (long_enough and served):
+        if not (long_enough and served) or data_parallel:
             return None
     elif not compile:
         return None
-    return "reduce-overhead" if device.type == "cuda" else "default"
+    return "reduce-overhead" if device.type == "cuda" and not data_parallel else "default"
 
 
 @contextlib.contextmanager

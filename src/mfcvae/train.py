@@ -11,6 +11,11 @@
 
 ``Trainer`` owns everything that changes while a model trains (optimiser, counters, RNG,
 history, budget) and writes all of it to one checkpoint, so a resumed run continues exactly.
+
+Data-parallel (under torchrun), every rank runs this same procedure: each optimiser step takes
+one global mini-batch of ``batch_size`` examples per rank from the epoch's shared shuffled
+order, DistributedDataParallel averages the gradients, and one small all-reduce per step sums
+the ELBO terms and makes the ranks agree on the clock and on a Ctrl-C. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from .batches import batch_bounds, to_model_input
+from . import distributed
+from .batches import part, step_bounds, to_model_input
 from .budget import TimeBudget
 from .callbacks import Callback
 from .config import TrainConfig
@@ -59,6 +66,17 @@ def batch_loss(model: MultiFacetVAE, xb: torch.Tensor, weights: torch.Tensor,
     totals = torch.stack([loss * len(xb), reconstruction - kl.sum(), reconstruction])  # the true ELBO's sum
     per_facet = (terms.log_p_z.sum(0), terms.log_p_c.sum(0), terms.log_q_z.sum(0), terms.log_q_c.sum(0), kl)
     return loss, torch.cat([totals, *per_facet]).detach()
+
+
+class BatchLoss(nn.Module):
+    """``batch_loss`` as a module, the form DistributedDataParallel and torch.compile wrap."""
+
+    def __init__(self, model: MultiFacetVAE, free_bits: float):
+        super().__init__()
+        self.model, self.free_bits = model, free_bits
+
+    def forward(self, xb: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch_loss(self.model, xb, weights, self.free_bits)
 
 
 def data_fingerprint(x: torch.Tensor) -> str:
@@ -94,6 +112,10 @@ def train(model: MultiFacetVAE, x: torch.Tensor, cfg: TrainConfig, device: torch
         fit_started = time.perf_counter()
         initialise_priors(model, x, cfg.batch_size, cfg.seed, device)
         budget.plan_loop(reserve=refit_cost(time.perf_counter() - fit_started, len(x)) if cfg.refit_at_end else 0.0)
+        if budget.limited:  # every rank takes rank 0's plan
+            budget.loop_seconds = float(distributed.broadcast_value(torch.tensor(budget.loop_seconds)))
+        if distributed.rank() > 0:  # the other ranks draw their own noise for the reparameterisation
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, distributed.rank()]).generate_state(1)[0]))
     trainer.run(x)
     if cfg.refit_at_end:
         refit_priors(model, x, cfg.batch_size, cfg.seed, device)
@@ -127,18 +149,24 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.metadata = metadata or {}  # stored in every checkpoint
         self.data_id = data_id  # the training data's fingerprint, checked on resume
-        self.steps_per_epoch = len(batch_bounds(n_samples, cfg.batch_size))
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        self.steps_per_epoch = len(step_bounds(n_samples, cfg.batch_size, self.world_size))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.schedule = ProgressiveSchedule.from_config(cfg, model.n_facets, self.steps_per_epoch)
         self.optimizer = adam(model, cfg.lr)
         self._sum_names = sum_names(model.n_facets)
-        mode = compile_mode(cfg.compile, device, self.total_steps, cfg.max_seconds)
-        self._compiled_loss = None if mode is None else torch.compile(batch_loss, mode=mode)
+        self.loss: nn.Module = BatchLoss(model, cfg.free_bits)
+        if distributed.active():
+            self.loss = DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
+        mode = compile_mode(cfg.compile, device, self.total_steps, cfg.max_seconds, distributed.active())
+        self._compiled_loss = None if mode is None else torch.compile(self.loss, mode=mode)
         self._compile_pending = mode is not None  # until the first compiled step, which compiles
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step, self.history = 0, 0, []
         self.progress: EpochProgress | None = None  # set while an epoch is under way
-        self._stop_requested = False
+        self._ctrl_c = False  # this process was sent Ctrl-C
+        self._any_ctrl_c = False  # data-parallel: a rank was, as of the last step's all-reduce
+        self._clock = budget.elapsed  # loop seconds spent, as the ranks agreed at the last step
         self._saved_step: int | None = None  # the step of the checkpoint last written
 
     # --- where the run stands ------------------------------------------------------
@@ -147,8 +175,13 @@ class Trainer:
         """How far through the run we are, in mini-batches of the planned ``epochs``: the step,
         or with a time budget the share of it spent, whichever is further. The progressive
         schedule follows it, so under a budget every stage gets its share of the time."""
-        fraction = self.budget.fraction()
+        fraction = self.budget.fraction(self._clock if self.world_size > 1 else None)
         return self.step if fraction is None else max(self.step, int(fraction * self.total_steps))
+
+    @property
+    def _stopping(self) -> bool:
+        """Whether a Ctrl-C asks every rank to stop after the current mini-batch."""
+        return self._ctrl_c if self.world_size == 1 else self._any_ctrl_c
 
     @property
     def finished(self) -> bool:
@@ -187,10 +220,11 @@ class Trainer:
             reseeded = self._reseed_dead(x)
             self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle), reseeded=reseeded)
         progress, start = self.progress, time.perf_counter()
-        for lo, hi in batch_bounds(len(x), self.cfg.batch_size)[progress.done:]:
-            self._train_step(to_model_input(x[progress.order[lo:hi]], self.device))
+        for lo, hi in step_bounds(len(x), self.cfg.batch_size, self.world_size)[progress.done:]:
+            mine = progress.order[lo:hi][part(hi - lo, self.world_size, self.rank)]
+            self._train_step(to_model_input(x[mine], self.device))
             self._notify("on_batch_end", progress.sums)
-            if self._stop_requested:
+            if self._stopping:
                 progress.seconds += time.perf_counter() - start
                 raise KeyboardInterrupt
             if self.finished:  # the deadline (an epoch's last mini-batch ends the run anyway)
@@ -201,17 +235,18 @@ class Trainer:
         row.update(progress.reseeded)
         row.update({f"weight_{j}": w for j, w in enumerate(self.schedule.weights(self.position).tolist())})
         self.progress = None
+        distributed.broadcast_state(self.model, buffers_only=True)  # batch-norm statistics: rank 0's
         return row
 
     def _train_step(self, xb: torch.Tensor) -> None:
-        """One Adam step on mini-batch ``xb``, its ELBO terms added to the epoch's sums."""
-        self.model.train()
+        """One Adam step on mini-batch ``xb``, the global batch's ELBO terms added to the epoch's sums."""
+        self.loss.train()
         loss, device_sums = self._batch_loss(xb, self.schedule.weights(self.position).to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        sums = device_sums.tolist()  # read once backward is queued: the device works meanwhile
+        sums, n = self._agree(device_sums, len(xb))  # read once backward is queued: the device works meanwhile
         if not math.isfinite(sums[0]):
-            raise FloatingPointError(f"the loss became {sums[0] / len(xb)} at epoch {self.epoch + 1}, step "
+            raise FloatingPointError(f"the loss became {sums[0] / n} at epoch {self.epoch + 1}, step "
                                      f"{self.step}; try a smaller lr or check the inputs")
         self.optimizer.step()
         self.step += 1
@@ -219,26 +254,38 @@ class Trainer:
         progress.done += 1
         for name, value in zip(self._sum_names, sums, strict=True):
             progress.sums[name] = progress.sums.get(name, 0.0) + value
-        progress.sums["n"] = progress.sums.get("n", 0) + len(xb)
+        progress.sums["n"] = progress.sums.get("n", 0) + n
+
+    def _agree(self, device_sums: torch.Tensor, n: int) -> tuple[list[float], int]:
+        """The step's ELBO-term sums and example count over every rank, read to the CPU. Data-
+        parallel, the same all-reduce gives every rank rank 0's clock and any rank's Ctrl-C."""
+        if self.world_size == 1:
+            return device_sums.tolist(), n
+        extra = torch.tensor([n, self._ctrl_c, self.budget.spent() if self.rank == 0 else 0.0],
+                             dtype=torch.float64, device=device_sums.device)
+        totals = distributed.all_reduce_sum(torch.cat([device_sums.double(), extra])).tolist()
+        *sums, n, stops, self._clock = totals
+        self._any_ctrl_c = stops > 0
+        return sums, int(n)
 
     def _batch_loss(self, xb: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``batch_loss``, compiled for mini-batches of ``batch_size`` when training compiles (an
         epoch's last one, of another size, runs eagerly rather than compile a second graph).
         With compile="auto", a first compile that fails warns and leaves training eager."""
         if self._compiled_loss is None or len(xb) != self.cfg.batch_size:
-            return batch_loss(self.model, xb, weights, self.cfg.free_bits)
+            return self.loss(xb, weights)
         if self._compile_pending:
             self._message("compiling the loss")
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are spent
         try:
-            out = self._compiled_loss(self.model, xb, weights, self.cfg.free_bits)
+            out = self._compiled_loss(xb, weights)
         except Exception as err:
             if not (self._compile_pending and self.cfg.compile == "auto"):
                 raise
             warnings.warn(f"compile='auto': torch.compile failed ({type(err).__name__}: {err}); training "
                           "eagerly (compile=False skips the attempt)", RuntimeWarning, stacklevel=2)
             self._compiled_loss = None
-            out = batch_loss(self.model, xb, weights, self.cfg.free_bits)
+            out = self.loss(xb, weights)
         self._compile_pending = False
         return out
 
@@ -268,13 +315,13 @@ class Trainer:
     @contextlib.contextmanager
     def _deferred_ctrl_c(self) -> Iterator[None]:
         """Turn the first SIGINT into a request to stop after the current mini-batch."""
-        self._stop_requested = False
+        self._ctrl_c = False
         if threading.current_thread() is not threading.main_thread():  # signals need the main thread
             yield
             return
 
         def request_stop(signum, frame):
-            self._stop_requested = True
+            self._ctrl_c = True
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts right away
             self._message("Ctrl-C: stopping after this mini-batch (press again to stop at once)")
 
@@ -289,7 +336,7 @@ class Trainer:
         deferred Ctrl-C stops between mini-batches, where the state is consistent enough to save."""
         if self.run_folder is None:
             return KeyboardInterrupt()
-        if self._stop_requested:
+        if self._stopping:
             self._save_checkpoint()
         if self._saved_step is None:
             older = f" (the checkpoint in {self.run_folder.path} is an earlier run's)" \
@@ -300,23 +347,27 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------
     def _save_checkpoint(self) -> None:
+        """Write the checkpoint (rank 0; every rank takes part, as each adds its RNG states)."""
         if self.run_folder is not None:
-            self.run_folder.write_checkpoint(*self.state())
+            state = self.state()
+            if self.rank == 0:
+                self.run_folder.write_checkpoint(*state)
             self._saved_step = self.step
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything a resumed run needs: (tensors, JSON metadata) for one safetensors file."""
+        """Everything a resumed run needs: (tensors, JSON metadata) for one safetensors file. The
+        RNG states are every rank's, one row each."""
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         optim_tensors, optim_meta = optimizer_to_tensors(self.optimizer)
         tensors.update(optim_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.torch"] = torch.stack(distributed.all_gather(torch.get_rng_state()))
         tensors["rng.shuffle"] = self.shuffle.get_state()
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+            tensors["rng.cuda"] = torch.stack(distributed.all_gather(torch.cuda.get_rng_state(self.device)))
         meta = {"epoch": self.epoch, "planned_epochs": self.cfg.epochs, "step": self.step, "history": self.history,
                 "optimizer": optim_meta, "schedule": dataclasses.asdict(self.schedule), "estimator": self.metadata,
                 "progress": None, "data": self.data_id, "budget": self.budget.state(),
-                "precision": self.model.cfg.precision}
+                "precision": self.model.cfg.precision, "world_size": self.world_size, "launch": distributed.launch_id()}
         if self.progress is not None:  # a checkpoint in the middle of an epoch
             tensors["progress.order"] = self.progress.order
             meta["progress"] = {"done": self.progress.done, "sums": self.progress.sums,
@@ -328,6 +379,10 @@ class Trainer:
         if meta["data"] and self.data_id and meta["data"] != self.data_id:
             raise ValueError("cannot resume: the checkpoint was trained on other data (a resumed run must see the "
                              "same examples, in the same order)")
+        if meta.get("world_size", 1) != self.world_size:
+            raise ValueError(f"cannot resume: the checkpoint was trained by {meta.get('world_size', 1)} process(es) and "
+                             f"this run has {self.world_size} (the global mini-batch would change); resume with "
+                             f"{meta.get('world_size', 1)}")
         trained_for = meta["planned_epochs"]
         if self.cfg.epochs < meta["epoch"]:
             raise ValueError(f"epochs={self.cfg.epochs} is fewer than the {meta['epoch']} the checkpoint has done")
@@ -345,12 +400,18 @@ class Trainer:
         self.schedule = schedule
         self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer_from_tensors(self.optimizer, tensors, meta["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
+        torch.set_rng_state(_rank_row(tensors["rng.torch"], self.rank))
         self.shuffle.set_state(tensors["rng.shuffle"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            torch.cuda.set_rng_state(_rank_row(tensors["rng.cuda"], self.rank), self.device)
         self.epoch, self.step, self.history = meta["epoch"], meta["step"], meta["history"]
         self._saved_step = self.step
         if meta["progress"] is not None:
             self.progress = EpochProgress(tensors["progress.order"], **meta["progress"])
         self.budget.load_state(meta["budget"])
+        self._clock = self.budget.elapsed
+
+
+def _rank_row(states: torch.Tensor, rank: int) -> torch.Tensor:
+    """This rank's RNG state from a checkpoint's (ranks, bytes) rows (a single row: written by one process)."""
+    return states[rank].clone() if states.ndim == 2 else states  # set_rng_state reads from the storage's start

@@ -7,12 +7,14 @@ a mistake is caught before any training time is spent.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from sklearn.utils import check_array
 
-from .datasets.base import Dataset, check_channels_first
+from .batches import LazyRows
+from .datasets.base import Dataset, check_channels_first, is_lazy
 
 
 def check_inputs(
@@ -43,22 +45,32 @@ def check_inputs(
 
 
 def check_dataset(ds: Dataset, *, input_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """The stored inputs of a Dataset (uint8 or float32, not converted), after the checks
-    ``check_inputs`` makes; uint8 images are in [0, 1] by construction."""
+    """The stored inputs of a Dataset (uint8 or float32, not converted, not copied: a memory map
+    stays one, a lazy array stays unread), after the checks ``check_inputs`` makes; uint8 images
+    are in [0, 1] by construction."""
     raw = ds.x.raw
     name = f"data set {ds.name!r}" if ds.name else "the data set"
     if input_shape is not None:
-        raw = raw.reshape(len(raw), *match_shape(tuple(raw.shape[1:]), tuple(input_shape), name))
-    if raw.dtype == np.float32:
+        shape = match_shape(tuple(raw.shape[1:]), tuple(input_shape), name)
+        if shape != tuple(raw.shape[1:]):
+            raw = raw.reshape(len(raw), *shape)
+    if raw.dtype == np.float32 and not is_lazy(raw):
         check_inputs(raw, name=name)
     return raw
 
 
-def as_tensor(X: object, *, name: str = "X", input_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+def as_tensor(X: object, *, name: str = "X", input_shape: tuple[int, ...] | None = None) -> torch.Tensor | LazyRows:
     """X (array-like or Dataset) as a CPU tensor for the model: float32, or uint8 for a
-    Dataset's images (divided by 255 batch by batch, on the device)."""
+    Dataset's images (divided by 255 batch by batch, on the device). A Dataset's memory-mapped
+    inputs give a tensor over the same memory; its lazy inputs a ``LazyRows``, which reads the
+    rows indexed."""
     if isinstance(X, Dataset):
-        return torch.from_numpy(check_dataset(X, input_shape=input_shape))
+        raw = check_dataset(X, input_shape=input_shape)
+        if is_lazy(raw):
+            return LazyRows(raw)
+        with warnings.catch_warnings():  # a read-only memory map: nothing writes to the inputs
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+            return torch.from_numpy(raw)
     return torch.from_numpy(check_inputs(X, name=name, input_shape=input_shape))
 
 

@@ -58,8 +58,9 @@ def load(path: str | Path, **options) -> Dataset:
 
     - a folder holding ``train-images-idx3-ubyte[.gz]`` etc.: ``load_mnist`` (split=...);
     - an IDX image file ``*-images-idx3-ubyte[.gz]``: ``load_idx`` (its label file is found beside it);
-    - ``*.mat``: ``load_svhn``;  ``*.h5`` / ``*.hdf5``: ``load_3dshapes`` (config=..., fixed=..., size=...);
-    - ``*.npz`` / ``*.npy`` / ``*.csv``: ``load_arrays``;
+    - ``*.mat``: ``load_svhn``;  ``*.h5`` / ``*.hdf5``: ``load_3dshapes`` (config=..., fixed=..., size=...,
+      lazy=...);
+    - ``*.npz`` / ``*.npy`` / ``*.csv``: ``load_arrays`` (a uint8 or float32 ``.npy`` is memory-mapped);
     - any other folder: ``load_image_folder`` (size=...).
     """
     reader = reader_for(path)

@@ -3,6 +3,10 @@ label named by its key), ``.npy`` (inputs only) and ``.csv`` (numeric rows: feat
 
 uint8 inputs are read as images (value / 255); other numbers are kept as they are (real-valued
 feature vectors are standardised by the estimator under ``likelihood="gaussian"``).
+
+A ``.npy`` of uint8 or float32 is memory-mapped, not read: the processes of a data-parallel run
+share the file's pages, and each reads only the rows it indexes. Other dtypes are read and
+converted to float32.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def load_arrays(path: str | Path) -> Dataset:
         if suffix == ".csv":
             return Dataset(_read_csv(path), name=path.name)
         if suffix == ".npy":
-            return Dataset(np.load(path, allow_pickle=False), name=path.name)
+            return Dataset(_read_npy(path), name=path.name)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -44,6 +48,12 @@ def load_arrays(path: str | Path) -> Dataset:
         warnings.warn(f"{path}: arrays {ignored} have one entry per example but are not integers; "
                       "they are not used as labels (labels must be integer class ids)", stacklevel=2)
     return Dataset(x, {k: v for k, v in labels.items() if k not in ignored}, name=path.name)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array: memory-mapped read-only if uint8 or float32 (what ``Inputs`` stores), else read."""
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    return mapped if mapped.dtype in (np.uint8, np.float32) else np.load(path, allow_pickle=False)
 
 
 def _read_csv(path: Path) -> np.ndarray:

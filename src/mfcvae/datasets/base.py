@@ -2,7 +2,8 @@
 
 Images are kept as uint8 (a quarter of float32's memory: the full 3DShapes file is 5.9 GB
 as uint8, 23.6 GB as float32) and converted to float32 in [0, 1] only when indexed, batch
-by batch. Feature vectors are kept as float32.
+by batch. Feature vectors are kept as float32. Stored inputs may also stay in their file: a
+memory-mapped array (np.memmap), or a lazy array that reads the rows indexed (``lazy.H5Images``).
 """
 
 from __future__ import annotations
@@ -19,24 +20,33 @@ def check_channels_first(shape: tuple[int, ...], name: str) -> None:
                          f"(N, C, H, W): use x.transpose(0, 3, 1, 2)")
 
 
+def is_lazy(raw: object) -> bool:
+    """Whether stored inputs are a lazy array (one that reads the rows indexed, with a ``subset``
+    that stays unread), rather than an np.ndarray."""
+    return not isinstance(raw, np.ndarray) and hasattr(raw, "subset")
+
+
 class Inputs:
     """Array-like view of a data set's inputs: ``inputs[idx]`` is float32, images in [0, 1].
 
     ``raw`` is the stored array: uint8 (read as value / 255) or float32 (read as it is).
     Other arrays are converted on the way in: (N, H, W) gains a channel axis, other
-    numeric dtypes become float32 with their values unchanged.
+    numeric dtypes become float32 with their values unchanged. A memory map (np.memmap) of
+    uint8 or float32 is kept as it is, and so is a lazy array (one with a ``subset`` method,
+    such as ``lazy.H5Images``: uint8 or float32, (N, D) or (N, C, H, W), indexed by rows).
     """
 
     def __init__(self, raw: np.ndarray):
-        raw = np.asarray(raw)
-        if np.issubdtype(raw.dtype, np.complexfloating):
-            raise TypeError(f"inputs must be real numbers, got dtype {raw.dtype}")
-        if raw.dtype == bool or (np.issubdtype(raw.dtype, np.number) and raw.dtype != np.uint8):
-            raw = raw.astype(np.float32)
+        if not is_lazy(raw):
+            raw = raw if isinstance(raw, np.memmap) else np.asarray(raw)
+            if np.issubdtype(raw.dtype, np.complexfloating):
+                raise TypeError(f"inputs must be real numbers, got dtype {raw.dtype}")
+            if raw.dtype == bool or (np.issubdtype(raw.dtype, np.number) and raw.dtype != np.uint8):
+                raw = raw.astype(np.float32, copy=False)
+            if raw.ndim == 3:
+                raw = raw[:, None]
         if raw.dtype not in (np.uint8, np.float32):
             raise TypeError(f"inputs must be numbers, got dtype {raw.dtype}")
-        if raw.ndim == 3:
-            raw = raw[:, None]
         if raw.ndim not in (2, 4):
             raise ValueError(f"inputs must be (N, D) vectors or (N, [C,] H, W) images, got shape {raw.shape}")
         check_channels_first(raw.shape, "inputs")
@@ -94,8 +104,11 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, index) -> "Dataset":
-        """The examples at ``index`` (a slice, an index array or a boolean mask), labels included."""
-        return Dataset(Inputs(self.x.raw[index]), {k: v[index] for k, v in self.labels.items()}, self.name)
+        """The examples at ``index`` (a slice, an index array or a boolean mask), labels included;
+        a lazy data set's subset is lazy too."""
+        raw = self.x.raw
+        x = raw.subset(index) if is_lazy(raw) else raw[index]
+        return Dataset(Inputs(x), {k: v[index] for k, v in self.labels.items()}, self.name)
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """A random (train, test) split, as the paper does for 3DShapes (80/20)."""

@@ -3,7 +3,8 @@ six ground-truth factors stored as floats in ``labels`` (480000 x 6).
 
 The file is 5.9 GB: this loader reads the small label array first, selects rows by factor
 values, then reads only the selected images, in contiguous runs, resizing as it goes.
-Images stay uint8 in memory (the full set fits in 5.9 GB; float32 would take 23.6 GB).
+Images stay uint8 in memory (the full set fits in 5.9 GB; float32 would take 23.6 GB), or with
+``lazy=True`` stay in the file and are read when indexed (``lazy.H5Images``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ FACTORS = {
     "shape": np.arange(4.0),
     "orientation": np.linspace(-30.0, 30.0, 15),
 }
-READ_CHUNK = 4096  # images read (and resized) at a time
+READ_CHUNK = 512  # images read (and resized) at a time: 25 MB as float32 at 64 x 64
 
 
 @dataclass(frozen=True)
@@ -59,17 +60,22 @@ def factor_indices(values: np.ndarray) -> np.ndarray:
 
 
 def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, int] | None = None,
-                  size: int | None = 32) -> Dataset:
+                  size: int | None = 32, lazy: bool = False) -> Dataset:
     """3DShapes images (N, 3, size, size) uint8 and the factors that vary as integer labels.
 
     ``config``: 1 or 2, the paper's configurations (CONFIGS); ``fixed``: your own selection
     (factor name -> value index, e.g. {"shape": 0}), on top of the config's if both are given;
     neither: all 480,000 images.
     ``size``: resize (bilinear) to size x size, as the paper does (32); None keeps 64.
+    ``lazy``: read no image now; ``x.raw`` is an ``H5Images`` that reads (and resizes) the rows
+    indexed when they are indexed, the same arrays as an eager load: for data-parallel runs, whose
+    processes then share the file's pages instead of each holding a copy.
     Labels: every factor that varies in the selection, named as in FACTORS; with ``config``,
     the paper's evaluation labels come first.
     """
     import h5py
+
+    from .lazy import H5Images  # lazy.py reads with this module's _read_rows
 
     path = Path(path)
     if config is not None and config not in CONFIGS:
@@ -84,6 +90,8 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
             raise ValueError(f"{name} takes value indices 0..{len(FACTORS[name]) - 1}, got {index!r}")
     if size is not None and not (isinstance(size, int) and 4 <= size <= 64):
         raise ValueError(f"size must be an integer in [4, 64] or None, got {size!r}")
+    if not isinstance(lazy, (bool, np.bool_)):
+        raise ValueError(f"lazy must be true or false, got {lazy!r}")
     if not path.is_file():
         raise FileNotFoundError(f"no such 3DShapes file: {path}")
 
@@ -106,7 +114,7 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
         rows = np.flatnonzero(keep)
         if len(rows) == 0:
             raise ValueError(f"{path}: no image has {fixed}")
-        x = _read_rows(images, rows, size)
+        x = H5Images(path, rows, size) if lazy else _read_rows(images, rows, size)
 
     order = [*(CONFIGS[config].evaluation if config else ()), *FACTORS]
     labels = {name: factors[rows, list(FACTORS).index(name)] for name in dict.fromkeys(order)
@@ -115,20 +123,18 @@ def load_3dshapes(path: str | Path, config: int | None = None, fixed: dict[str, 
 
 
 def _read_rows(images, rows: np.ndarray, size: int | None) -> np.ndarray:
-    """Images at the sorted ``rows`` of an (N, H, W, 3) h5 dataset, as (n, 3, size, size) uint8,
-    read slice by slice over contiguous runs (fast in HDF5, unlike scattered point reads)."""
+    """Images at the sorted, distinct ``rows`` of an (N, H, W, 3) h5 dataset, as (n, 3, size, size)
+    uint8: READ_CHUNK rows at a time, each chunk read slice by slice over its contiguous runs (fast
+    in HDF5, unlike scattered point reads) and resized at once."""
     height, width = images.shape[1:3]
     out_size = (height, width) if size is None else (size, size)
     out = np.empty((len(rows), 3, *out_size), dtype=np.uint8)
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    done = 0
-    for run in np.split(rows, breaks):
-        for start in range(0, len(run), READ_CHUNK):
-            part = run[start:start + READ_CHUNK]
-            block = torch.from_numpy(images[part[0]:part[-1] + 1]).permute(0, 3, 1, 2)
-            if size is not None and out_size != (height, width):
-                block = F.interpolate(block.float(), size=out_size, mode="bilinear", align_corners=False)
-                block = block.round().clamp(0, 255).to(torch.uint8)
-            out[done:done + len(part)] = block.numpy()
-            done += len(part)
+    for start in range(0, len(rows), READ_CHUNK):
+        part = rows[start:start + READ_CHUNK]
+        runs = [images[run[0]:run[-1] + 1] for run in np.split(part, np.flatnonzero(np.diff(part) != 1) + 1)]
+        block = torch.from_numpy(runs[0] if len(runs) == 1 else np.concatenate(runs)).permute(0, 3, 1, 2)
+        if out_size != (height, width):
+            block = F.interpolate(block.float(), size=out_size, mode="bilinear", align_corners=False)
+            block = block.round().clamp(0, 255).to(torch.uint8)
+        out[start:start + len(part)] = block.numpy()
     return out
