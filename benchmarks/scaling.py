@@ -2,6 +2,7 @@
 
     python benchmarks/scaling.py run --seeds 0 1 2                      # CPU: 1 process, torchrun x1, x2
     python benchmarks/scaling.py run --device cuda --layouts plain 1    # one GPU: the cost of DDP itself
+    python benchmarks/scaling.py allreduce --preset mnist               # one gradient all-reduce, timed
     python benchmarks/scaling.py table
 
 ``run`` trains ``mfcvae fit --preset PRESET`` once per layout x seed, the layouts interleaved
@@ -10,8 +11,9 @@ within each seed so that a slow spell of a shared machine falls on all of them a
 on CPUs, NCCL on GPUs). Every process of a run shares the machine's cores: torchrun gives each
 of N > 1 processes one thread, a single process keeps torch's default. Throughput is examples
 per second in the training loop: the data set's size over the median epoch's seconds, from the
-run's metrics.csv (the first epoch left out: it warms up). Rows go to results/scaling.jsonl with
-the commit, the parameters and the machine.
+run's metrics.csv (the first epoch left out: it warms up). ``allreduce`` times what DDP adds to
+every step: the all-reduce of a gradient the size of the preset's network, between N processes
+(Gloo on CPUs). Rows go to results/scaling.jsonl with the commit, the parameters and the machine.
 """
 
 from __future__ import annotations
@@ -28,8 +30,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from bench import ROOT, machine, source  # benchmarks/bench.py: what a row records of its machine and code
+from mfcvae import MFCVAE
+from mfcvae.config import load_preset
+from mfcvae.model import MultiFacetVAE, count_parameters
 
 RESULTS = ROOT / "benchmarks" / "results" / "scaling.jsonl"
 
@@ -81,8 +89,56 @@ def run(args: argparse.Namespace) -> None:
                       f"accuracy {row['accuracy']}, fit {row['fit_wall_s']} s", flush=True)
 
 
+def network_size(preset: str, input_shape: tuple[int, ...]) -> int:
+    """The number of parameters of the preset's network for inputs of ``input_shape``."""
+    params = load_preset(preset)
+    params = params[0] if isinstance(params, tuple) else params
+    cfg = MFCVAE(**params)._model_config(input_shape, "float32", "bernoulli")
+    return count_parameters(MultiFacetVAE(cfg))
+
+
+def _time_allreduce(rank: int, world: int, numbers: int, repeats: int, port: int, out: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    gradient = torch.randn(numbers)
+    for _ in range(3):  # warm-up: the first collectives set up the connections
+        dist.all_reduce(gradient)
+    seconds = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(gradient)
+        seconds.append(time.perf_counter() - start)
+    if rank == 0:
+        out.write_text(json.dumps(seconds))
+    dist.destroy_process_group()
+
+
+def allreduce(args: argparse.Namespace) -> None:
+    shapes = {"mnist": (1, 28, 28), "demo": (3, 16, 16), "svhn": (3, 32, 32), "3dshapes_1": (3, 32, 32),
+              "3dshapes_2": (3, 32, 32)}
+    numbers = network_size(args.preset, shapes[args.preset])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "seconds.json"
+        mp.spawn(_time_allreduce, args=(args.nproc, numbers, args.repeats, 29517, out), nprocs=args.nproc)
+        seconds = json.loads(out.read_text())
+    row = {"kind": "allreduce", "preset": args.preset, "processes": args.nproc, "backend": "gloo",
+           "parameters": numbers, "megabytes": round(numbers * 4 / 2**20, 2), "repeats": args.repeats,
+           "median_ms": round(1000 * float(np.median(seconds)), 3), "min_ms": round(1000 * min(seconds), 3),
+           **source(), "command": shlex.join(["python", "benchmarks/scaling.py", *sys.argv[1:]]),
+           "machine": machine()}
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(f"all-reduce of {numbers:,} float32 ({row['megabytes']} MB) between {args.nproc} processes (Gloo): "
+          f"median {row['median_ms']} ms, min {row['min_ms']} ms over {args.repeats}")
+
+
 def table(args: argparse.Namespace) -> None:
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.is_file() else []
+    for r in (r for r in rows if r.get("kind") == "allreduce"):
+        print(f"all-reduce, {r['preset']} ({r['parameters']:,} parameters), {r['processes']} processes, "
+              f"{r['backend']}, {r['machine']['cpu']}: median {r['median_ms']} ms ({r['commit'][:7]})")
+    rows = [r for r in rows if r.get("kind") != "allreduce"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         m = r["machine"]
@@ -112,6 +168,11 @@ def main() -> None:
     go.add_argument("--seeds", nargs="+", type=int, default=[0])
     go.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to mfcvae fit --set")
     go.set_defaults(func=run)
+    comm = sub.add_parser("allreduce", help="time one gradient all-reduce between processes")
+    comm.add_argument("--preset", default="mnist")
+    comm.add_argument("--nproc", type=int, default=2)
+    comm.add_argument("--repeats", type=int, default=50)
+    comm.set_defaults(func=allreduce)
     sub.add_parser("table", help="the recorded rows, averaged over seeds").set_defaults(func=table)
     args = parser.parse_args()
     args.func(args)

@@ -156,9 +156,9 @@ class Trainer:
         self.optimizer = adam(model, cfg.lr)
         self._sum_names = sum_names(model.n_facets)
         self.loss: nn.Module = BatchLoss(model, cfg.free_bits)
-        if distributed.active():
+        if self.world_size > 1:  # one process has no gradients to average: DDP would only copy them
             self.loss = DistributedDataParallel(self.loss, device_ids=[device.index] if device.type == "cuda" else None)
-        mode = compile_mode(cfg.compile, device, self.total_steps, cfg.max_seconds, distributed.active())
+        mode = compile_mode(cfg.compile, device, self.total_steps, cfg.max_seconds, self.world_size > 1)
         self._compiled_loss = None if mode is None else torch.compile(self.loss, mode=mode)
         self._compile_pending = mode is not None  # until the first compiled step, which compiles
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
