@@ -134,6 +134,8 @@ def allreduce(args: argparse.Namespace) -> None:
 
 
 def table(args: argparse.Namespace) -> None:
+    """Print the all-reduce timings, then per machine x commit x preset x device x layout x --set
+    the mean throughput, its ratio to one plain process and the best-facet accuracy per label."""
     rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.is_file() else []
     for r in (r for r in rows if r.get("kind") == "allreduce"):
         print(f"all-reduce, {r['preset']} ({r['parameters']:,} parameters), {r['processes']} processes, "
@@ -143,19 +145,19 @@ def table(args: argparse.Namespace) -> None:
     for r in rows:
         m = r["machine"]
         where = ", ".join([m["cpu"], m["isa"], *([m["gpu"]] if m["gpu"] else [])])
-        groups.setdefault((where, r["preset"], r["device"], r["layout"]), []).append(r)
-    print("| machine | preset | device | layout | seeds | examples/s | vs plain | fit s | accuracy | commit |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (where, preset, device, layout), runs in groups.items():
-        plain = groups.get((where, preset, device, "plain"))
+        code = r["commit"][:7] + ("*" if r["dirty"] else "")
+        groups.setdefault((where, code, r["preset"], r["device"], r["layout"], " ".join(r["sets"])), []).append(r)
+    print("| machine | commit | preset | device | layout | --set | seeds | examples/s | vs plain | fit s | accuracy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (where, code, preset, device, layout, sets), runs in groups.items():
+        plain = groups.get((where, code.rstrip("*"), preset, device, "plain", ""))
         speed = np.mean([r["examples_per_s"] for r in runs])
         ratio = f"{speed / np.mean([r['examples_per_s'] for r in plain]):.2f}x" if plain else "-"
         labels = dict.fromkeys(k for r in runs for k in r["accuracy"])
         accuracy = ", ".join(f"{k} {np.mean([r['accuracy'][k] for r in runs]):.3f}+-"
                              f"{np.std([r['accuracy'][k] for r in runs]):.3f}" for k in labels)
-        commits = ", ".join(sorted({r["commit"][:7] + ("*" if r["dirty"] else "") for r in runs}))
-        print(f"| {where} | {preset} | {device} | {layout} | {len(runs)} | {speed:.0f} | {ratio} | "
-              f"{np.mean([r['fit_wall_s'] for r in runs]):.0f} | {accuracy} | {commits} |")
+        print(f"| {where} | {code} | {preset} | {device} | {layout} | {sets or '-'} | {len(runs)} | {speed:.0f} | "
+              f"{ratio} | {np.mean([r['fit_wall_s'] for r in runs]):.0f} | {accuracy} |")
 
 
 def main() -> None:
