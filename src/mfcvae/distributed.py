@@ -56,7 +56,9 @@ def world_size() -> int:
 def is_main() -> bool:
     """Whether this is rank 0, the process that writes files and prints progress (torchrun's
     RANK says so before the group is joined; a process on its own is its own rank 0)."""
-    return rank() == 0 if active() else int(os.environ.get("RANK", "0")) == 0 or not launched()
+    if active():
+        return rank() == 0
+    return not launched() or os.environ["RANK"] == "0"
 
 
 def timeout() -> datetime.timedelta:
@@ -108,14 +110,14 @@ def explain_failures() -> Iterator[None]:
     try:
         yield
     except RuntimeError as err:
-        text = str(err)
-        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         if not active() or isinstance(err, GroupError):
             raise
-        if "timed out" in text.lower() or "timeout" in text.lower():
+        text = str(err).strip().lower()
+        first = str(err).strip().splitlines()[0] if text else type(err).__name__
+        if "timed out" in text or "timeout" in text:
             raise GroupError(f"rank {rank()}: another process did not answer within {timeout().total_seconds():g} s "
                              f"({TIMEOUT_ENV}); it stalled or died ({first})") from err
-        if "connection reset" in text.lower() or "connection closed" in text.lower():
+        if "connection reset" in text or "connection closed" in text:
             raise GroupError(f"rank {rank()}: another process of the group died ({first})") from err
         raise
 
@@ -136,22 +138,23 @@ def _comm_device(t: torch.Tensor) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of ``t`` over the ranks, on every rank (``t`` itself in a single process)."""
+def _in_place(collective: Callable[[torch.Tensor], object], t: torch.Tensor) -> torch.Tensor:
+    """``collective`` applied to a copy of ``t`` on the communication device, brought back to t's device."""
     if not active():
         return t
     out = t.to(_comm_device(t))
-    dist.all_reduce(out)
+    collective(out)
     return out.to(t.device)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over the ranks, on every rank (``t`` itself in a single process)."""
+    return _in_place(dist.all_reduce, t)
 
 
 def broadcast_value(t: torch.Tensor) -> torch.Tensor:
     """Rank 0's ``t`` on every rank (``t`` itself in a single process)."""
-    if not active():
-        return t
-    out = t.to(_comm_device(t))
-    dist.broadcast(out, src=0)
-    return out.to(t.device)
+    return _in_place(lambda out: dist.broadcast(out, src=0), t)
 
 
 @torch.no_grad()
@@ -206,8 +209,9 @@ def map_shards(fn: Callable[[torch.Tensor], list[torch.Tensor]], x, batch_size: 
     if not active():
         return map_batches(fn, x, batch_size, device)
     mine = range(len(x))[share(len(x))]
-    local = map_batches(fn, x, batch_size, device, rows=mine) if len(mine) else None
-    if local is None:  # more ranks than rows: this rank's outputs have no rows, but their shapes
+    if len(mine):
+        local = map_batches(fn, x, batch_size, device, rows=mine)
+    else:  # more ranks than rows: no outputs here, but the all_gather needs their shapes
         local = [t[:0] for t in map_batches(fn, x, batch_size, device, rows=range(1))]
     return gather_rows(local, len(x))
 
