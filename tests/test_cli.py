@@ -81,7 +81,7 @@ def test_presets_lists_the_named_configurations(capsys):
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert {line.split()[0] for line in lines} == {"demo", "mnist", "fashion_mnist", "3dshapes_1", "3dshapes_2", "svhn",
-                                                        "two_factors"}
+                                                        "two_factors", "embeddings"}
 
 
 FAST = ["--epochs", "2", "--quiet", "--set", "stage_epochs=[1, 1]", "--set", "fade_steps=2", "--set", "batch_size=32",

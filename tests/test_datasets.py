@@ -388,11 +388,11 @@ def test_load_arrays_errors_name_the_problem(tmp_path):
 def test_load_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load(tmp_path / "nowhere")
-    (tmp_path / "data.parquet").write_bytes(b"")
+    (tmp_path / "data.xyz").write_bytes(b"")
     with pytest.raises(ValueError, match="don't know how to read"):
-        load(tmp_path / "data.parquet")
+        load(tmp_path / "data.xyz")
     np.save(tmp_path / "d.npy", np.zeros((3, 2), np.float32))
-    with pytest.raises(ValueError, match=r"read by load_arrays, which takes no option \['config'\]"):
+    with pytest.raises(ValueError, match=r"read by load_npy, which takes no option \['config'\]"):
         load(tmp_path / "d.npy", config=1)
 
 

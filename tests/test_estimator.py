@@ -429,9 +429,18 @@ def test_load_corrupt_weights_raises_value_error(fitted, tmp_path):
 def test_load_weights_that_do_not_fit_the_config_raises_value_error(fitted, tmp_path):
     fitted.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["params"]["n_clusters"] = [5, 3]
+    config["params"]["n_clusters"] = config["n_clusters"] = [5, 3]
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="weights do not fit the network its config.json describes: size mismatch"):
+        MFCVAE.load(tmp_path / "m")
+
+
+def test_load_counts_of_clusters_that_contradict_the_parameters_raises_value_error(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["n_clusters"] = [5, 3]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="clusters per facet"):
         MFCVAE.load(tmp_path / "m")
 
 

@@ -39,6 +39,32 @@ class LazyRows:
         return f"LazyRows({self.raw!r})"
 
 
+def epoch_order(x: torch.Tensor | LazyRows, generator: torch.Generator) -> torch.Tensor:
+    """An epoch's order of the examples of ``x``, (N,) int64, every example once: a uniform random
+    permutation, or for inputs read a chunk at a time (``LazyRows`` over a ``ChunkedRows``) a
+    shuffle by chunks: the chunks in a random order, taken ``window`` at a time (as many as the
+    reader buffers), the examples of each such group shuffled among themselves. Each chunk is
+    then read once an epoch, and memory holds ``window`` chunks, not the data set."""
+    chunk_ids = getattr(getattr(x, "raw", None), "chunk_ids", None)
+    if chunk_ids is None:
+        return torch.randperm(len(x), generator=generator)
+    chunks = torch.from_numpy(np.unique(chunk_ids(), return_inverse=True)[1].reshape(-1))
+    n_chunks = int(chunks.max()) + 1
+    rank = torch.empty(n_chunks, dtype=torch.int64)
+    rank[torch.randperm(n_chunks, generator=generator)] = torch.arange(n_chunks)
+    group = rank[chunks] // x.raw.window
+    return torch.argsort(group * len(x) + torch.randperm(len(x), generator=generator))
+
+
+def value_range(x: torch.Tensor | LazyRows, batch_size: int = 65536) -> tuple[float, float]:
+    """(min, max) of stored inputs ``x``, read ``batch_size`` rows at a time."""
+    if torch.is_tensor(x):
+        low, high = torch.aminmax(x)
+        return float(low), float(high)
+    ranges = [torch.aminmax(x[start:stop]) for start, stop in batch_bounds(len(x), batch_size)]
+    return min(float(low) for low, _ in ranges), max(float(high) for _, high in ranges)
+
+
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     """(start, stop) of consecutive mini-batches over n examples; a last batch of a single
     example joins the one before it (batch-norm cannot normalise one example while training)."""

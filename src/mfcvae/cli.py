@@ -27,16 +27,18 @@ import yaml
 
 from . import distributed
 from .config import list_presets, preset_path, read_config, yaml_load
-from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_idx, load_image_folder, load_mnist, load_svhn,
-                       make_shapes, reader_for, reader_options)
+from .datasets import (Dataset, load, load_3dshapes, load_arrays, load_csv, load_h5ad, load_idx, load_image_folder,
+                       load_mnist, load_npy, load_parquet, load_svhn, make_shapes, reader_for, reader_options)
 from .estimator import MFCVAE
 from .metrics import format_table
 from .runs import RunFolder
 
 DEMO_DATA = "demo"
 DATA_KINDS = ("an MNIST-format folder or IDX file, SVHN .mat, 3DShapes .h5, .npz (x + integer labels), "
-              ".npy, .csv or a folder of images (one sub-folder per class, optionally)")
-ALL_READER_OPTIONS = {o for r in (load_mnist, load_idx, load_svhn, load_3dshapes, load_arrays, load_image_folder)
+              ".npy, a .csv/.parquet table, an AnnData .h5ad or a folder of images (one sub-folder per class, "
+              "optionally)")
+ALL_READER_OPTIONS = {o for r in (load_mnist, load_idx, load_svhn, load_3dshapes, load_arrays, load_npy, load_csv,
+                                  load_parquet, load_h5ad, load_image_folder)
                       for o in reader_options(r)}
 
 
@@ -340,7 +342,9 @@ def make_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", help=f"'demo' (built-in, the default) or a path: {DATA_KINDS}")
     fit.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                      help="option for reading the data, e.g. config=2 (3DShapes), split=train (MNIST folder), "
-                          "size=32 (image folder), test_fraction=0.2 (hold out a random part)")
+                          "size=32 (image folder), labels=cell_type (a table's or h5ad's label columns), "
+                          "obsm=X_pca (h5ad), lazy=true (leave the data in its file), "
+                          "test_fraction=0.2 (hold out a random part)")
     fit.add_argument("--out", required=True, help="run folder: model, metrics.csv, checkpoint")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     fit.add_argument("--overwrite", action="store_true",

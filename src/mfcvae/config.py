@@ -151,6 +151,7 @@ class TrainConfig:
     """The optimisation, every value resolved (nothing here has a default): Adam on mini-batches,
     the progressive schedule, the recipe beyond the paper (free_bits, reseed_dead, refit_at_end)
     and the time budget. ``stage_epochs`` None: equal stages; ``fade_steps`` None: half a stage.
+    ``select_clusters``: the facets whose number of clusters the end refit chooses.
     ``compile``: True, False or "auto" (see ``runtime.compile_mode``)."""
 
     epochs: int
@@ -163,6 +164,7 @@ class TrainConfig:
     free_bits: float
     reseed_dead: bool
     refit_at_end: bool
+    select_clusters: tuple[int, ...]
     seed: int
     compile: bool | str
 
@@ -176,6 +178,8 @@ class TrainConfig:
         _check_bool("progressive", self.progressive)
         _check_bool("reseed_dead", self.reseed_dead)
         _check_bool("refit_at_end", self.refit_at_end)
+        if self.select_clusters and not self.refit_at_end:
+            raise ValueError("n_clusters='auto' needs refit_at_end=True: the end refit chooses the number of clusters")
         if self.compile != "auto" and (isinstance(self.compile, str) or self.compile not in (True, False)):
             raise ValueError(f"compile must be true, false or 'auto', got {self.compile!r}")
         check_real("free_bits", self.free_bits, 0)

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
 
 from . import distributed
-from .batches import map_batches
+from .batches import map_batches, value_range
 from .callbacks import Callback, MetricsCSV, Progress, TensorBoard
 from .config import ARCHITECTURES, LIKELIHOODS, ModelConfig, TrainConfig, check_positive_ints, check_real, is_int
 from .datasets import Dataset
@@ -51,9 +51,15 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_clusters : tuple of int or int, default (25, 25)
-        Clusters per facet; its length is the number of facets J. One int: the same for every
-        facet (J is then the length of ``latent_dims``).
+    n_clusters : tuple of int or "auto", int or "auto", default (25, 25)
+        Clusters per facet; its length is the number of facets J. One value: the same for every
+        facet (J is then the length of ``latent_dims``). "auto": the facet trains with
+        ``max_clusters`` and the end refit chooses its number of clusters, the one whose mixture
+        has the lowest BIC on the facet's latent draws (every count from 1 to ``max_clusters``,
+        or 30 of them spaced geometrically above 30; needs ``refit_at_end``). ``n_clusters_``
+        holds the counts chosen.
+    max_clusters : int, default 25
+        The most clusters an "auto" facet may have.
     latent_dims : tuple of int or int, default (5, 5)
         Dimension of each facet's latent z_j; one int: the same for every facet.
     hidden_dims : tuple of int or None, default None
@@ -139,6 +145,8 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         Per-epoch training metrics.
     cluster_weights_ : list of J arrays (K_j,)
         The mixture weights pi_j.
+    n_clusters_ : tuple of int
+        The clusters of each facet, "auto" resolved.
     precision_, likelihood_ : str
         What "auto" settled on.
     """
@@ -146,7 +154,8 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        n_clusters: tuple[int, ...] = (25, 25),
+        n_clusters: tuple[int | str, ...] | int | str = (25, 25),
+        max_clusters: int = 25,
         latent_dims: tuple[int, ...] = (5, 5),
         hidden_dims: tuple[int, ...] | None = None,
         architecture: str = "auto",
@@ -174,6 +183,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         verbose: bool = True,
     ):
         self.n_clusters = n_clusters
+        self.max_clusters = max_clusters
         self.latent_dims = latent_dims
         self.hidden_dims = hidden_dims
         self.architecture = architecture
@@ -201,15 +211,38 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         self.verbose = verbose
 
     # --- configuration -------------------------------------------------------------
-    def _model_config(self, input_shape: tuple[int, ...], precision: str, likelihood: str) -> ModelConfig:
-        """The network for inputs of ``input_shape``, with ``precision`` and ``likelihood`` resolved."""
-        n_clusters, latent_dims = _as_tuple("n_clusters", self.n_clusters), _as_tuple("latent_dims", self.latent_dims)
-        if is_int(self.n_clusters) != is_int(self.latent_dims):  # one number for every facet
+    def _facet_sizes(self) -> tuple[tuple[int | str, ...], tuple[int, ...]]:
+        """(n_clusters, latent_dims), one entry per facet; n_clusters entries are ints or "auto"."""
+        n_clusters = (self.n_clusters,) if isinstance(self.n_clusters, str) else _as_tuple("n_clusters", self.n_clusters)
+        latent_dims = _as_tuple("latent_dims", self.latent_dims)
+        one_value = is_int(self.n_clusters) or isinstance(self.n_clusters, str)
+        if one_value != is_int(self.latent_dims):  # one value for every facet
             n_clusters, latent_dims = (t * max(len(n_clusters), len(latent_dims)) if len(t) == 1 else t
                                        for t in (n_clusters, latent_dims))
         if len(n_clusters) != len(latent_dims):
             raise ValueError(f"n_clusters and latent_dims need one entry per facet each; got {len(n_clusters)} and "
                              f"{len(latent_dims)} ({self.n_clusters!r} vs {self.latent_dims!r})")
+        if any(isinstance(k, str) and k != "auto" for k in n_clusters):
+            raise ValueError(f"n_clusters entries must be positive integers or 'auto', got {self.n_clusters!r}")
+        if "auto" in n_clusters and not (is_int(self.max_clusters) and self.max_clusters >= 1):
+            raise ValueError(f"max_clusters must be a positive integer, got {self.max_clusters!r}")
+        return n_clusters, latent_dims
+
+    def _auto_facets(self) -> tuple[int, ...]:
+        """The facets whose number of clusters the end refit chooses."""
+        return tuple(j for j, k in enumerate(self._facet_sizes()[0]) if k == "auto")
+
+    def _model_config(self, input_shape: tuple[int, ...], precision: str, likelihood: str,
+                      n_clusters: tuple[int, ...] | None = None) -> ModelConfig:
+        """The network for inputs of ``input_shape``, with ``precision`` and ``likelihood`` resolved;
+        ``n_clusters``: the counts of a fitted model (default: "auto" facets at ``max_clusters``)."""
+        asked, latent_dims = self._facet_sizes()
+        if n_clusters is None:
+            n_clusters = tuple(self.max_clusters if k == "auto" else k for k in asked)
+        elif len(n_clusters) != len(asked) or any(k != a if a != "auto" else not 1 <= k <= self.max_clusters
+                                                  for k, a in zip(n_clusters, asked)):
+            raise ValueError(f"{n_clusters} clusters per facet cannot come from n_clusters={self.n_clusters!r} "
+                             f"(max_clusters={self.max_clusters!r})")
         input_shape = tuple(int(s) for s in input_shape)
         architecture = self._architecture(input_shape, len(n_clusters))
         if self.hidden_dims is not None:
@@ -242,7 +275,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_seconds=self.max_seconds,
             progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
             free_bits=self.free_bits, reseed_dead=self.reseed_dead, refit_at_end=self.refit_at_end,
-            seed=self.seed, compile=self.compile,
+            select_clusters=self._auto_facets(), seed=self.seed, compile=self.compile,
         )
 
     def _resolve_likelihood(self, x: torch.Tensor) -> str:
@@ -349,7 +382,8 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         return self._map(lambda xb: [lq.exp() for lq in self.model_.cluster_log_posteriors(xb)], x, shared)
 
     def _predict(self, x: torch.Tensor, shared: bool = False) -> np.ndarray:
-        return np.stack([p.argmax(1) for p in self._predict_proba(x, shared)], axis=1).astype(np.int64)
+        assigned = self._map(lambda xb: [lq.argmax(1) for lq in self.model_.cluster_log_posteriors(xb)], x, shared)
+        return np.stack(assigned, axis=1).astype(np.int64)
 
     def predict_proba(self, X) -> list[np.ndarray]:
         """q(c_j | x) for every facet: a list of J arrays (N, K_j) whose rows sum to 1."""
@@ -452,6 +486,12 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         return self.model_.cfg.likelihood
 
     @property
+    def n_clusters_(self) -> tuple[int, ...]:
+        """The clusters of each facet ("auto" resolved by the end refit)."""
+        self._check_fitted()
+        return self.model_.cfg.n_clusters
+
+    @property
     def cluster_weights_(self) -> list[np.ndarray]:
         """The mixture weights pi_j: a list of J arrays (K_j,)."""
         self._check_fitted()
@@ -471,7 +511,8 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         """Write ``path/model.safetensors`` (weights) and ``path/config.json`` (everything else)."""
         self._check_fitted()
         config = {"format": "mfcvae", "version": FORMAT_VERSION, "params": _jsonable(self.get_params()),
-                  "input_shape": list(self.input_shape_), "precision": self.precision_,
+                  "input_shape": list(self.input_shape_), "n_clusters": list(self.n_clusters_),
+                  "precision": self.precision_,
                   "likelihood": self.likelihood_, "history": self.history_}
         write_model_dir(Path(path), self.model_.state_dict(), config)
 
@@ -485,8 +526,9 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"{Path(path)} holds a model of format version {config.get('version')}; this mfcvae "
                              f"reads version {FORMAT_VERSION}: fit it again with this version")
         est = cls(**{**config["params"], "device": device})
+        n_clusters = config.get("n_clusters")  # older files: none chosen, every count as asked
         model = MultiFacetVAE(est._model_config(tuple(config["input_shape"]), config["precision"],
-                                                config["likelihood"]))
+                                                config["likelihood"], n_clusters and tuple(n_clusters)))
         try:
             model.load_state_dict(state)
         except RuntimeError as err:  # sizes or names differ: one of the two files was changed or swapped
@@ -504,12 +546,12 @@ def _within_unit_interval(x: torch.Tensor) -> bool:
     """Whether stored inputs lie in [0, 1] (uint8 images always do: they are read as value / 255)."""
     if x.dtype == torch.uint8:
         return True
-    low, high = torch.aminmax(x)
+    low, high = value_range(x)
     return bool(low >= 0 and high <= 1)
 
 
 def _refuse_range(x: torch.Tensor, likelihood: str, name: str = "X") -> None:
-    low, high = (float(v) for v in torch.aminmax(x))
+    low, high = value_range(x)
     hint = " (images stored as 0..255? divide by 255)" if high > 1 and low >= 0 else ""
     raise ValueError(f"{name} has values in [{low:g}, {high:g}] but likelihood={likelihood!r} needs them in [0, 1]"
                      f"{hint}; likelihood='gaussian' (or 'auto') models real-valued features")

@@ -13,11 +13,15 @@ mixtures to all of them, and every rank then takes rank 0's parameters (distribu
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
+import scipy.linalg
 import torch
-from sklearn.cluster import SpectralClustering
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.manifold import spectral_embedding
 from sklearn.mixture import GaussianMixture
+from sklearn.neighbors import kneighbors_graph
 from torch import nn
 
 from . import distributed
@@ -109,27 +113,41 @@ def initialise_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, se
 
 
 @torch.no_grad()
-def refit_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, seed: int, device: torch.device) -> None:
+def refit_priors(model: MultiFacetVAE, x: torch.Tensor, batch_size: int, seed: int, device: torch.device,
+                 select: Sequence[int] = ()) -> None:
     """Fit every facet's mixture afresh to the aggregate posterior: a GaussianMixture on one draw
     z ~ q(z_j|x) for each of at most REFIT_MAX_POINTS random inputs, its EM started from
     ``spectral_start``'s partition. The prior takes the fitted means and covariances, and the
-    weights where they are learned; fixed weights stay fixed during the fit too."""
+    weights where they are learned; fixed weights stay fixed during the fit too. The facets in
+    ``select`` first get the number of clusters ``select_n_clusters`` chooses, at most the one
+    they trained with (the model's prior, and its config, are resized)."""
     rng = np.random.default_rng(seed)
     x = _subset(x, REFIT_MAX_POINTS, rng)
     recalibrate_batch_norm(model, x, batch_size, device, seed)
     encoded = _encode(model, x, device)
     if distributed.is_main():
-        _refit(model, encoded, seed)
+        _refit(model, encoded, seed, select)
+    if select and distributed.active():  # every rank takes rank 0's sizes before its parameters
+        sizes = distributed.broadcast_value(torch.tensor(model.cfg.n_clusters))
+        for j, k in enumerate(sizes.tolist()):
+            if k != model.priors[j].n_clusters:
+                model.resize_prior(j, k)
     distributed.broadcast_state(model)
 
 
-def _refit(model: MultiFacetVAE, encoded: list[tuple[torch.Tensor, torch.Tensor]], seed: int) -> None:
+def _refit(model: MultiFacetVAE, encoded: list[tuple[torch.Tensor, torch.Tensor]], seed: int,
+           select: Sequence[int] = ()) -> None:
     noise = torch.Generator().manual_seed(seed)
-    for prior, (means, log_var) in zip(model.priors, encoded):
+    for j, (means, log_var) in enumerate(encoded):
         z = means + (0.5 * log_var).exp() * torch.randn(means.shape, generator=noise, dtype=means.dtype)
-        z = z.double().numpy()
-        start = spectral_start(means.double().numpy(), z, prior.n_clusters, prior.covariance, seed)
-        gmm = _mixture(prior, seed, start).fit(z)
+        z, means = z.double().numpy(), means.double().numpy()
+        if j in select:
+            k, start = select_n_clusters(means, z, model.priors[j].n_clusters, model.priors[j], seed)
+            model.resize_prior(j, k)
+        else:
+            start = spectral_start(means, z, model.priors[j].n_clusters, model.priors[j].covariance, seed)
+        prior = model.priors[j]
+        gmm = _mixture(prior, prior.n_clusters, seed, start).fit(z)
         prior.set_means(torch.from_numpy(gmm.means_))
         if prior.covariance == "full":
             prior.set_covariances(torch.from_numpy(gmm.covariances_))
@@ -148,19 +166,77 @@ class _FixedWeightsMixture(GaussianMixture):
         self.weights_ = np.asarray(self.weights_init, dtype=float)
 
 
-def _mixture(prior: MixturePrior, seed: int, start: dict) -> GaussianMixture:
-    """The GaussianMixture that fits ``prior``: weights learned, or held at the prior's own."""
+def _mixture(prior: MixturePrior, k: int, seed: int, start: dict) -> GaussianMixture:
+    """The GaussianMixture of ``k`` components that fits ``prior``'s kind of mixture: weights
+    learned, or held fixed (at the prior's own when it has ``k`` components, else uniform)."""
     if prior.learn_weights:
-        return GaussianMixture(prior.n_clusters, covariance_type=prior.covariance, random_state=seed, **start)
-    weights = prior.log_weights.exp().double().cpu().numpy()
+        return GaussianMixture(k, covariance_type=prior.covariance, random_state=seed, **start)
+    weights = prior.log_weights.exp().double().cpu().numpy() if k == prior.n_clusters else np.ones(k)
     start = {**start, "weights_init": weights / weights.sum()}
-    return _FixedWeightsMixture(prior.n_clusters, covariance_type=prior.covariance, random_state=seed, **start)
+    return _FixedWeightsMixture(k, covariance_type=prior.covariance, random_state=seed, **start)
+
+
+def select_n_clusters(means: np.ndarray, z: np.ndarray, max_clusters: int, prior: MixturePrior,
+                      seed: int) -> tuple[int, dict]:
+    """(k, start): the number of clusters, at most ``max_clusters``, whose mixture has the lowest
+    BIC on draws ``z`` (N, d) of q(z|x), and the start of its EM. Each candidate
+    (``cluster_candidates``) is fitted, from its own spectral partition of the posterior means
+    ``means`` (one spectral embedding serves them all), to the at most GMM_MAX_POINTS draws that
+    partition covers, with ``prior``'s covariance type and fixed or learned weights."""
+    candidates = cluster_candidates(max_clusters)
+    pick, partitions = spectral_partitions(means, candidates, seed)
+    best = None
+    for k in candidates:
+        start = _start_from_groups(partitions[k], z[pick], k, prior.covariance) if k > 1 else {}
+        with warnings.catch_warnings():  # a candidate that does not converge just scores worse
+            warnings.filterwarnings("ignore", category=ConvergenceWarning)
+            bic = _mixture(prior, k, seed, start).fit(z[pick]).bic(z[pick])
+        if best is None or bic < best[0]:
+            best = (bic, k, start)
+    return best[1], best[2]
+
+
+def cluster_candidates(max_clusters: int, count: int = 30) -> list[int]:
+    """The numbers of clusters ``select_n_clusters`` compares: every one from 1 to ``max_clusters``,
+    or ``count`` of them spaced geometrically when there are more."""
+    if max_clusters <= count:
+        return list(range(1, max_clusters + 1))
+    return sorted({int(k) for k in np.geomspace(1, max_clusters, count).round()})
+
+
+def spectral_partitions(means: np.ndarray, ks: Sequence[int], seed: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """(pick, k -> groups): partitions into k groups (each k of ``ks`` above 1) of the graph joining
+    each of at most GMM_MAX_POINTS random rows ``pick`` of the posterior means ``means`` to its
+    SPECTRAL_NEIGHBOURS nearest; groups[i] labels row pick[i]. Computed as scikit-learn's
+    SpectralClustering does (nearest-neighbour affinity, lobpcg, cluster_qr labels), from one
+    spectral embedding of max(ks) dimensions, each k cut from its first k."""
+    pick = np.random.default_rng(seed).choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
+    ks = [k for k in ks if k > 1]
+    if not ks:
+        return pick, {}
+    graph = kneighbors_graph(means[pick], n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1), include_self=True)
+    with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
+        warnings.filterwarnings("ignore", message="Graph is not fully connected")
+        # lobpcg short of its tolerance: the groups hold
+        warnings.filterwarnings("ignore", message="Exited|Failed at iteration")
+        # lobpcg rather than arpack: arpack's solve time varies widely, which a time budget cannot plan for
+        embedding = spectral_embedding(0.5 * (graph + graph.T), n_components=max(ks), eigen_solver="lobpcg",
+                                       random_state=np.random.RandomState(seed), drop_first=False)
+    return pick, {k: _cluster_qr(embedding[:, :k]) for k in ks}
+
+
+def _cluster_qr(vectors: np.ndarray) -> np.ndarray:
+    """Labels (n,) from a spectral embedding (n, k): Damle, Minden and Ying's direct assignment
+    (a pivoted QR picks k representative rows; each row joins the one it aligns with most)."""
+    k = vectors.shape[1]
+    _, _, pivots = scipy.linalg.qr(vectors.T, pivoting=True)
+    u, _, vt = scipy.linalg.svd(vectors[pivots[:k], :].T)
+    return np.abs(vectors @ (u @ vt.conj())).argmax(axis=1)
 
 
 def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, seed: int) -> dict:
     """GaussianMixture start parameters (weights, means, precisions) from a spectral partition
-    of the graph joining each posterior mean to its SPECTRAL_NEIGHBOURS nearest (at most
-    GMM_MAX_POINTS of them, drawn at random), the groups' moments taken over ``z``.
+    into k groups (``spectral_partitions``), the groups' moments taken over ``z``.
 
     A mixture's likelihood favours partitions that split wide groups and merge close ones, and
     EM from k-means ends in one of those; a cut of the neighbour graph follows the data's
@@ -169,17 +245,13 @@ def spectral_start(means: np.ndarray, z: np.ndarray, k: int, covariance: str, se
     """
     if k < 2:
         return {}
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(means), min(len(means), GMM_MAX_POINTS), replace=False)
-    with warnings.catch_warnings():  # a graph in several pieces is still cut; nothing for the user to do
-        warnings.filterwarnings("ignore", message="Graph is not fully connected")
-        # lobpcg short of its tolerance: the groups hold
-        warnings.filterwarnings("ignore", message="Exited|Failed at iteration")
-        # lobpcg rather than arpack: arpack's solve time varies widely, which a time budget cannot plan for
-        groups = SpectralClustering(k, affinity="nearest_neighbors", assign_labels="cluster_qr", random_state=seed,
-                                    n_neighbors=min(SPECTRAL_NEIGHBOURS, len(pick) - 1),
-                                    eigen_solver="lobpcg").fit_predict(means[pick])
-    z = z[pick]
+    pick, partitions = spectral_partitions(means, [k], seed)
+    return _start_from_groups(partitions[k], z[pick], k, covariance)
+
+
+def _start_from_groups(groups: np.ndarray, z: np.ndarray, k: int, covariance: str) -> dict:
+    """Start parameters from a partition ``groups`` (n,) of the draws ``z`` (n, d) into k groups:
+    their shares, means and precisions; {} when a group has fewer than 2 draws."""
     sizes = np.bincount(groups, minlength=k)
     if sizes.min() < 2:
         return {}

@@ -18,6 +18,8 @@ move log densities.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 
@@ -104,6 +106,15 @@ class MultiFacetVAE(nn.Module):
     @property
     def n_facets(self) -> int:
         return self.cfg.n_facets
+
+    def resize_prior(self, facet: int, n_clusters: int) -> None:
+        """Give facet ``facet`` a fresh prior of ``n_clusters`` components (parameters as a new
+        MixturePrior has them, to be set) and record the new count in ``cfg``."""
+        old = self.priors[facet]
+        self.priors[facet] = MixturePrior(n_clusters, old.dim, old.covariance, old.learn_weights,
+                                          old.weight_floor).to(old.means.device)
+        sizes = tuple(n_clusters if j == facet else k for j, k in enumerate(self.cfg.n_clusters))
+        self.cfg = dataclasses.replace(self.cfg, n_clusters=sizes)
 
     def _networks_precision(self, x: torch.Tensor) -> torch.autocast:
         """Autocast for the ladder networks; their outputs are cast back to the input's dtype."""

@@ -95,7 +95,7 @@ def build_report(model: MFCVAE, data: Dataset | None, out: str | Path, options: 
 
 def _summary(model: MFCVAE, data: Dataset | None, drawable: bool) -> Section:
     cfg = model.model_.cfg
-    rows = [("facets", cfg.n_facets), ("clusters per facet", cfg.n_clusters), ("latent dims", cfg.latent_dims),
+    rows = [("facets", cfg.n_facets), ("clusters per facet", _clusters_text(model)), ("latent dims", cfg.latent_dims),
             ("ladder", f"{cfg.architecture} {cfg.hidden_dims}, {cfg.activation}"
                        + (", batch-norm" if cfg.batch_norm else "")),
             ("covariance", cfg.covariance), ("likelihood", cfg.likelihood), ("posterior q(c|x)", cfg.posterior),
@@ -106,6 +106,16 @@ def _summary(model: MFCVAE, data: Dataset | None, drawable: bool) -> Section:
     if not drawable:
         text += "<p>Inputs of this shape cannot be drawn as images, so the image grids are left out.</p>"
     return Section("Model", text=text)
+
+
+def _clusters_text(model: MFCVAE) -> str:
+    """The clusters per facet, and which of them the end refit chose."""
+    chosen = model._auto_facets()
+    text = str(model.n_clusters_)
+    if chosen:
+        text += (f"; facet{'s' if len(chosen) > 1 else ''} {', '.join(map(str, chosen))} chosen by BIC "
+                 f"(at most {model.max_clusters})")
+    return text
 
 
 def _facet_section(model: MFCVAE, facet: int, x: Inputs | None, proba: np.ndarray | None,

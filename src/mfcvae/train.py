@@ -36,12 +36,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .batches import part, step_bounds, to_model_input
+from .batches import epoch_order, part, step_bounds, to_model_input
 from .budget import TimeBudget
 from .callbacks import Callback
 from .config import TrainConfig
-from .mixtures import GMM_MAX_POINTS, REFIT_MAX_POINTS, SPECTRAL_COST_RATIO, initialise_priors, \
-    recalibrate_batch_norm, refit_priors, reseed_dead_clusters
+from .mixtures import GMM_MAX_POINTS, REFIT_MAX_POINTS, SPECTRAL_COST_RATIO, cluster_candidates, \
+    initialise_priors, recalibrate_batch_norm, refit_priors, reseed_dead_clusters
 from .model import MultiFacetVAE
 from .runs import RunFolder
 from .runtime import compile_mode
@@ -111,23 +111,28 @@ def train(model: MultiFacetVAE, x: torch.Tensor, cfg: TrainConfig, device: torch
     else:
         fit_started = time.perf_counter()
         initialise_priors(model, x, cfg.batch_size, cfg.seed, device)
-        budget.plan_loop(reserve=refit_cost(time.perf_counter() - fit_started, len(x)) if cfg.refit_at_end else 0.0)
+        candidates = sum(len(cluster_candidates(model.priors[j].n_clusters)) for j in cfg.select_clusters)
+        reserve = refit_cost(time.perf_counter() - fit_started, len(x), candidates / model.n_facets)
+        budget.plan_loop(reserve=reserve if cfg.refit_at_end else 0.0)
         if budget.limited:  # every rank takes rank 0's plan
             budget.loop_seconds = float(distributed.broadcast_value(torch.tensor(budget.loop_seconds)))
         if distributed.rank() > 0:  # the other ranks draw their own noise for the reparameterisation
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, distributed.rank()]).generate_state(1)[0]))
     trainer.run(x)
     if cfg.refit_at_end:
-        refit_priors(model, x, cfg.batch_size, cfg.seed, device)
+        refit_priors(model, x, cfg.batch_size, cfg.seed, device, select=cfg.select_clusters)
     else:
         recalibrate_batch_norm(model, x, cfg.batch_size, device, cfg.seed)
     return trainer.history
 
 
-def refit_cost(initial_fit_seconds: float, n: int) -> float:
+def refit_cost(initial_fit_seconds: float, n: int, candidate_fits: float = 0.0) -> float:
     """The seconds the end refit is expected to take, from the initial fit's: it encodes and fits
-    more inputs, and its spectral start costs a multiple of the initial fit besides."""
-    return initial_fit_seconds * (min(n, REFIT_MAX_POINTS) / min(n, GMM_MAX_POINTS) + SPECTRAL_COST_RATIO)
+    more inputs, and its spectral start costs a multiple of the initial fit besides. Choosing
+    numbers of clusters adds ``candidate_fits`` mixtures, counted in initial fits (a candidate
+    costs about what the initial fit spends on one facet)."""
+    return initial_fit_seconds * (min(n, REFIT_MAX_POINTS) / min(n, GMM_MAX_POINTS) + SPECTRAL_COST_RATIO
+                                  + candidate_fits)
 
 
 @dataclasses.dataclass
@@ -218,7 +223,7 @@ class Trainer:
     def _train_epoch(self, x: torch.Tensor) -> dict:
         if self.progress is None:  # a fresh epoch (a checkpoint may hold one under way)
             reseeded = self._reseed_dead(x)
-            self.progress = EpochProgress(torch.randperm(len(x), generator=self.shuffle), reseeded=reseeded)
+            self.progress = EpochProgress(epoch_order(x, self.shuffle), reseeded=reseeded)
         progress, start = self.progress, time.perf_counter()
         for lo, hi in step_bounds(len(x), self.cfg.batch_size, self.world_size)[progress.done:]:
             mine = progress.order[lo:hi][part(hi - lo, self.world_size, self.rank)]

@@ -1,6 +1,6 @@
-"""Data sets mfcvae can make or read. Every reader returns a ``Dataset``: inputs stored
-compactly (``ds.x[idx]`` gives float32, images in [0, 1]) and named integer labels, used for
-evaluation only.
+"""Data sets mfcvae can make or read: images, arrays, feature tables (Parquet, CSV) and single-cell
+matrices (AnnData .h5ad). Every reader returns a ``Dataset``: inputs stored compactly (``ds.x[idx]``
+gives float32, images in [0, 1]) and named integer labels, used for evaluation only.
 
 ``load(path)`` picks the reader from what the path holds; each reader is public too.
 """
@@ -11,19 +11,21 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from .arrays import load_arrays
+from .arrays import load_arrays, load_npy
 from .base import Dataset, Inputs
 from .folder import IMAGE_SUFFIXES, load_image_folder
+from .h5ad import load_h5ad
 from .idx import load_idx, load_mnist, read_idx
 from .shapes import make_shapes
 from .shapes3d import CONFIGS as SHAPES3D_CONFIGS
 from .shapes3d import load_3dshapes
 from .svhn import load_svhn
+from .tables import load_csv, load_parquet
 from .tinted import make_tinted
 
-__all__ = ["Dataset", "Inputs", "SHAPES3D_CONFIGS", "load", "load_3dshapes", "load_arrays", "load_idx",
-           "load_image_folder", "load_mnist", "load_svhn", "make_shapes", "make_tinted", "read_idx", "reader_for",
-           "reader_options"]
+__all__ = ["Dataset", "Inputs", "SHAPES3D_CONFIGS", "load", "load_3dshapes", "load_arrays", "load_csv", "load_h5ad",
+           "load_idx", "load_image_folder", "load_mnist", "load_npy", "load_parquet", "load_svhn", "make_shapes",
+           "make_tinted", "read_idx", "reader_for", "reader_options"]
 
 
 def reader_for(path: str | Path) -> Callable[..., Dataset]:
@@ -40,12 +42,21 @@ def reader_for(path: str | Path) -> Callable[..., Dataset]:
         return load_svhn
     if suffix in (".h5", ".hdf5"):
         return load_3dshapes
-    if suffix in (".npz", ".npy", ".csv"):
+    if suffix == ".npy":
+        return load_npy
+    if suffix == ".npz":
         return load_arrays
+    if suffix == ".csv":
+        return load_csv
+    if suffix in (".parquet", ".pq"):
+        return load_parquet
+    if suffix == ".h5ad":
+        return load_h5ad
     if suffix in IMAGE_SUFFIXES:
         raise ValueError(f"{path} is one image; point at the folder that holds the images")
     raise ValueError(f"don't know how to read {path}: expected an MNIST-format folder or IDX file, an SVHN .mat, "
-                     "a 3DShapes .h5, a .npz/.npy/.csv file or a folder of images")
+                     "a 3DShapes .h5, a .npz/.npy file, a .csv/.parquet/.pq table, an AnnData .h5ad "
+                     "or a folder of images")
 
 
 def reader_options(reader: Callable[..., Dataset]) -> list[str]:
@@ -60,7 +71,11 @@ def load(path: str | Path, **options) -> Dataset:
     - an IDX image file ``*-images-idx3-ubyte[.gz]``: ``load_idx`` (its label file is found beside it);
     - ``*.mat``: ``load_svhn``;  ``*.h5`` / ``*.hdf5``: ``load_3dshapes`` (config=..., fixed=..., size=...,
       lazy=...);
-    - ``*.npz`` / ``*.npy`` / ``*.csv``: ``load_arrays`` (a uint8 or float32 ``.npy`` is memory-mapped);
+    - ``*.npz``: ``load_arrays``; ``*.npy``: ``load_npy`` (lazy=..., buffer_mb=...; a uint8 or float32
+      array is memory-mapped, a large (N, D) one read a chunk at a time);
+    - ``*.parquet`` / ``*.pq``: ``load_parquet`` (labels=..., features=..., lazy=..., buffer_mb=...);
+      ``*.csv``: ``load_csv`` (labels=..., features=...);
+    - ``*.h5ad``: ``load_h5ad`` (labels=..., layer=..., obsm=..., lazy=..., buffer_mb=...);
     - any other folder: ``load_image_folder`` (size=...).
     """
     reader = reader_for(path)

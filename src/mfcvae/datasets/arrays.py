@@ -1,12 +1,12 @@
 """Arrays in files: ``.npz`` (inputs under ``x``, every other integer array of length N a
-label named by its key), ``.npy`` (inputs only) and ``.csv`` (numeric rows: feature vectors).
+label named by its key) and ``.npy`` (inputs only, ``load_npy``); a ``.csv`` goes to ``tables.load_csv``.
 
 uint8 inputs are read as images (value / 255); other numbers are kept as they are (real-valued
 feature vectors are standardised by the estimator under ``likelihood="gaussian"``).
 
 A ``.npy`` of uint8 or float32 is memory-mapped, not read: the processes of a data-parallel run
-share the file's pages, and each reads only the rows it indexes. Other dtypes are read and
-converted to float32.
+share the file's pages, and each reads only the rows it indexes. A larger one, or one of another
+dtype (float16 embeddings), can stay in the file and be read a chunk at a time (``lazy.NpyRows``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .base import Dataset
+from .lazy import NpyRows
+from .tables import load_csv, wants_lazy
 
 
 def load_arrays(path: str | Path) -> Dataset:
-    """Inputs and named labels from a ``.npz``, ``.npy`` or ``.csv`` file."""
+    """Inputs and named labels from a ``.npz``, ``.npy`` or ``.csv`` file (a CSV's numeric columns,
+    read by ``load_csv``: call it to keep label columns)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such data file: {path}")
@@ -30,11 +33,11 @@ def load_arrays(path: str | Path) -> Dataset:
         raise ValueError(f"{path}: expected a .npz, .npy or .csv file")
     if suffix == ".npz" and not zipfile.is_zipfile(path):
         raise ValueError(f"cannot read {path}: not a .npz archive (a zip of .npy arrays, as numpy.savez writes)")
+    if suffix == ".csv":
+        return load_csv(path)
     try:
-        if suffix == ".csv":
-            return Dataset(_read_csv(path), name=path.name)
         if suffix == ".npy":
-            return Dataset(_read_npy(path), name=path.name)
+            return load_npy(path)
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
@@ -50,19 +53,20 @@ def load_arrays(path: str | Path) -> Dataset:
     return Dataset(x, {k: v for k, v in labels.items() if k not in ignored}, name=path.name)
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    """A ``.npy`` array: memory-mapped read-only if uint8 or float32 (what ``Inputs`` stores), else read."""
-    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    return mapped if mapped.dtype in (np.uint8, np.float32) else np.load(path, allow_pickle=False)
-
-
-def _read_csv(path: Path) -> np.ndarray:
-    """Numeric rows of a CSV file as (N, D) float32; a first row that is not numeric is a header."""
-    with path.open() as f:
-        first = f.readline()
+def load_npy(path: str | Path, lazy: bool | None = None, buffer_mb: float = 256) -> Dataset:
+    """Inputs from a ``.npy`` file, not read now: ``lazy`` True, or None and more than
+    ``lazy.LAZY_ABOVE_BYTES`` as float32, leaves an (N, D) array in the file as an ``NpyRows``
+    (chunks read as needed, ``buffer_mb`` MiB of them kept); otherwise a uint8 or float32 array is
+    memory-mapped read-only and one of another dtype read and converted to float32."""
+    path = Path(path)
     try:
-        [float(v) for v in first.split(",")]
-        skip = 0
-    except ValueError:
-        skip = 1
-    return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float32, ndmin=2)
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if wants_lazy(lazy, 4 * mapped.size):
+            if mapped.ndim != 2:
+                raise ValueError(f"{path}: lazy reading takes an (N, D) array, this one is {mapped.shape} "
+                                 "(a uint8 or float32 array of images is memory-mapped: lazy=False)")
+            return Dataset(NpyRows(path, buffer_mb=buffer_mb), name=path.name)
+        x = mapped if mapped.dtype in (np.uint8, np.float32) else np.load(path, allow_pickle=False)
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read {path}: {err}") from err
+    return Dataset(x, name=path.name)
