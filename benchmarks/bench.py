@@ -33,7 +33,7 @@ from typing import NoReturn
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_digits, load_wine
 
 from mfcvae import MFCVAE
 from mfcvae.config import load_preset, yaml_load
@@ -54,6 +54,8 @@ DATASETS = {
     "tinted": "Fashion-MNIST with each image tinted one of four colours (mfcvae.datasets.make_tinted): fit on "
               "the training images, scored on train and test; labels: item and colour",
     "digits": "scikit-learn's bundled digits: 1,797 8x8 greyscale images scaled to [0, 1]; label: digit",
+    "wine": "scikit-learn's bundled wine table: 178 wines x 13 chemical measurements (real-valued, as "
+            "measured); label: cultivar (3)",
 }
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -70,6 +72,7 @@ VARIANTS: dict[str, dict] = {
     "mc_posterior": {"posterior": "mc"},
     "merge_1": {"merge_scale": 1.0},
     "lr_2e-3": {"lr": 2e-3},
+    "auto": {"n_clusters": "auto"},  # every facet's number of clusters chosen by the end refit
 }
 BASELINE = "kmeans"
 
@@ -118,6 +121,12 @@ def digits() -> Dataset:
     return Dataset((bunch.images / 16.0).astype(np.float32), {"digit": bunch.target}, name="digits")
 
 
+def wine() -> Dataset:
+    """scikit-learn's wine table, (178, 13) float32 as measured, label "cultivar"."""
+    bunch = load_wine()
+    return Dataset(bunch.data.astype(np.float32), {"cultivar": bunch.target}, name="wine")
+
+
 def fashion(split: str) -> Dataset:
     """One split of Fashion-MNIST, its label named "item"."""
     if not FASHION_DIR.is_dir():
@@ -132,6 +141,8 @@ def load_splits(name: str) -> dict[str, Dataset]:
         return {"train": make_shapes(seed=0)}
     if name == "digits":
         return {"train": digits()}
+    if name == "wine":
+        return {"train": wine()}
     splits = {split: fashion(split) for split in ("train", "test")}
     if name == "tinted":
         splits = {split: make_tinted(data, seed=i) for i, (split, data) in enumerate(splits.items())}
@@ -242,6 +253,12 @@ def spread(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
 
 
+def clusters(scores: Iterable[dict]) -> str:
+    """The facet's number of clusters, or each seed's where they differ ("auto")."""
+    ks = [s["n_clusters"] for s in scores]
+    return str(ks[0]) if len(set(ks)) == 1 else "/".join(map(str, ks))
+
+
 def commits(runs: Iterable[dict]) -> str:
     return ", ".join(sorted({(r["commit"] or "unknown")[:7] + ("*" if r["dirty"] else "") for r in runs}))
 
@@ -266,7 +283,7 @@ def table(rows: list[dict], heading: str = "###") -> str:
                     f"| {budget}", variant, split, label, str(len(best)),
                     *(spread([b[m] for _, b in best]) for m in METRICS),
                     ", ".join(f"{f} ({c})" if len(facets) > 1 else str(f) for f, c in facets.most_common()),
-                    f"{np.mean([b['active_clusters'] for _, b in best]):.1f} of {best[0][1]['n_clusters']}",
+                    f"{np.mean([b['active_clusters'] for _, b in best]):.1f} of {clusters(b for _, b in best)}",
                     f"{np.mean(kl):.2f}" if kl else "-",
                     "-".join(map(str, (epochs[0], epochs[-1]) if len(epochs) > 1 else epochs)) or "-",
                     f"{np.mean([r['train_seconds'] for r, _ in best]):.0f}", commits(r for r, _ in best) + " |"]))
@@ -378,6 +395,8 @@ def run(args: argparse.Namespace, command: str, fail: Callable[[str], NoReturn])
     if args.n is not None and args.n < 2:
         fail(f"--n must be at least 2, got {args.n}")
     resolved = MFCVAE(**base).get_params()
+    if BASELINE in args.variants and "auto" in str(resolved["n_clusters"]):
+        fail(f"the {BASELINE} baseline needs fixed numbers of clusters, not n_clusters={resolved['n_clusters']!r}")
     budget = ({"epochs": None, "seconds": args.seconds} if args.seconds is not None
               else {"epochs": args.epochs or resolved["epochs"], "seconds": None})
     length = ({"epochs": EPOCHS_UNDER_A_DEADLINE, "max_seconds": args.seconds} if args.seconds is not None

@@ -3,7 +3,8 @@ single-process reference): ``python distributed_worker.py SCENARIO OUT [options]
 
 Scenarios:
   states   train() with a callback on every rank that records a digest of the model and
-           optimiser state after each epoch (OUT/states_<rank>.json)
+           optimiser state after each epoch, and of the model and its clusters per facet after
+           the end refit, which chooses facet 0's (OUT/states_<rank>.json)
   equal    one epoch of an MLP, reparameterisation noise switched off; rank 0 writes the final
            state to OUT/state.safetensors
   fit      MFCVAE.fit with a run folder OUT/run; ``--kill-at STEP`` kills rank 1 (SIGKILL) at
@@ -59,14 +60,15 @@ def configs(est: MFCVAE, x: np.ndarray):
 
 def run_states(out: Path) -> None:
     x = torch.from_numpy(images(600))
-    est = MFCVAE(n_clusters=(4, 4), latent_dims=(2, 2), epochs=3, batch_size=50, seed=1)  # the conv ladder, batch-norm
+    # the conv ladder (batch-norm); facet 0's number of clusters chosen by rank 0 in the end refit
+    est = MFCVAE(n_clusters=("auto", 4), max_clusters=6, latent_dims=(2, 2), epochs=3, batch_size=50, seed=1)
     model_cfg, train_cfg = configs(est, x.numpy())
     device = distributed.join(torch.device("cpu"))
     torch.manual_seed(1)
     model = MultiFacetVAE(model_cfg)
     record = RecordStates()
     train(model, x, train_cfg, device, callbacks=[record])
-    record.epochs.append({"model": digest(model.state_dict().values()), "final": True})
+    record.epochs.append({"model": digest(model.state_dict().values()), "n_clusters": model.cfg.n_clusters})
     (out / f"states_{distributed.rank()}.json").write_text(json.dumps(record.epochs))
 
 

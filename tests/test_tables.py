@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import sparse
 
-from mfcvae.datasets import load, load_csv, load_h5ad, load_parquet, reader_for, tables
+from mfcvae.datasets import lazy, load, load_csv, load_h5ad, load_parquet, reader_for
 from mfcvae.datasets.h5ad import CsrRows, H5Rows, SparseRows
 from mfcvae.datasets.tables import ParquetRows
 from mfcvae.estimator import MFCVAE
@@ -116,7 +116,7 @@ def test_a_small_buffer_keeps_one_row_group_and_still_reads_right(parquet_file, 
 
 def test_lazy_none_is_lazy_above_the_threshold(parquet_file, monkeypatch):
     assert isinstance(load_parquet(parquet_file, labels=LABELS).x.raw, np.ndarray)
-    monkeypatch.setattr(tables, "LAZY_ABOVE_BYTES", N * 4 * 4 - 1)
+    monkeypatch.setattr(lazy, "LAZY_ABOVE_BYTES", N * 4 * 4 - 1)
     assert isinstance(load_parquet(parquet_file, labels=LABELS).x.raw, ParquetRows)
 
 
@@ -312,7 +312,7 @@ def test_csc_is_read_in_memory_as_csr(cells, tmp_path):
 
 
 def test_h5ad_lazy_none_is_lazy_above_the_threshold(h5ad_files, monkeypatch):
-    monkeypatch.setattr(tables, "LAZY_ABOVE_BYTES", 100)
+    monkeypatch.setattr(lazy, "LAZY_ABOVE_BYTES", 100)
     assert isinstance(load_h5ad(h5ad_files["dense"]).x.raw, H5Rows)
     assert isinstance(load_h5ad(h5ad_files["sparse"]).x.raw, CsrRows)
 

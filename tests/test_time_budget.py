@@ -99,6 +99,7 @@ def test_the_refit_is_expected_to_cost_the_first_fit_scaled_by_its_inputs_and_th
     assert refit_cost(1.5, n=50) == pytest.approx(1.5 * (1 + 2))  # both fits take every input
     assert refit_cost(1.5, n=200) == pytest.approx(1.5 * (2 + 2))
     assert refit_cost(1.5, n=10**6) == pytest.approx(1.5 * (4 + 2))
+    assert refit_cost(1.5, n=50, candidate_fits=12.5) == pytest.approx(1.5 * (1 + 2 + 12.5))  # choosing K
 
 
 # --- the budget through fit -----------------------------------------------------------------------

@@ -172,7 +172,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return 130
     if not distributed.is_main():
         return 0
-    print(f"model written to {out} (networks in {model.precision_})")
+    from .report import clusters_text  # matplotlib's import waits until a command draws or reports
+
+    print(f"model written to {out} (networks in {model.precision_}); clusters per facet: {clusters_text(model)}")
     if parts["train"].labels:
         results = {part: model.evaluate(ds) for part, ds in parts.items()}
         for part, rows in results.items():

@@ -512,8 +512,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         self._check_fitted()
         config = {"format": "mfcvae", "version": FORMAT_VERSION, "params": _jsonable(self.get_params()),
                   "input_shape": list(self.input_shape_), "n_clusters": list(self.n_clusters_),
-                  "precision": self.precision_,
-                  "likelihood": self.likelihood_, "history": self.history_}
+                  "precision": self.precision_, "likelihood": self.likelihood_, "history": self.history_}
         write_model_dir(Path(path), self.model_.state_dict(), config)
 
     @classmethod

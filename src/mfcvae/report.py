@@ -95,7 +95,7 @@ def build_report(model: MFCVAE, data: Dataset | None, out: str | Path, options: 
 
 def _summary(model: MFCVAE, data: Dataset | None, drawable: bool) -> Section:
     cfg = model.model_.cfg
-    rows = [("facets", cfg.n_facets), ("clusters per facet", _clusters_text(model)), ("latent dims", cfg.latent_dims),
+    rows = [("facets", cfg.n_facets), ("clusters per facet", clusters_text(model)), ("latent dims", cfg.latent_dims),
             ("ladder", f"{cfg.architecture} {cfg.hidden_dims}, {cfg.activation}"
                        + (", batch-norm" if cfg.batch_norm else "")),
             ("covariance", cfg.covariance), ("likelihood", cfg.likelihood), ("posterior q(c|x)", cfg.posterior),
@@ -108,7 +108,7 @@ def _summary(model: MFCVAE, data: Dataset | None, drawable: bool) -> Section:
     return Section("Model", text=text)
 
 
-def _clusters_text(model: MFCVAE) -> str:
+def clusters_text(model: MFCVAE) -> str:
     """The clusters per facet, and which of them the end refit chose."""
     chosen = model._auto_facets()
     text = str(model.n_clusters_)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .base import Dataset
-from .lazy import NpyRows
-from .tables import load_csv, wants_lazy
+from .lazy import NpyRows, wants_lazy
+from .tables import load_csv
 
 
 def load_arrays(path: str | Path) -> Dataset:

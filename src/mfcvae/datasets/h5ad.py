@@ -20,8 +20,8 @@ import numpy as np
 from scipy import sparse
 
 from .base import Dataset
-from .lazy import ChunkedRows
-from .tables import column_names, label_codes, wants_lazy
+from .lazy import ChunkedRows, wants_lazy
+from .tables import column_names, label_codes
 
 SPARSE = {"csr_matrix": sparse.csr_matrix, "csc_matrix": sparse.csc_matrix}
 

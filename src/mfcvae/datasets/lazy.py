@@ -26,6 +26,14 @@ from .shapes3d import _read_rows
 LAZY_ABOVE_BYTES = 2**30  # readers given lazy=None leave inputs in the file when they would take more in memory
 
 
+def wants_lazy(lazy: bool | None, nbytes: int) -> bool:
+    """Whether to leave inputs that take ``nbytes`` in memory in their file: ``lazy`` if given, else
+    whether ``nbytes`` exceeds ``LAZY_ABOVE_BYTES``."""
+    if lazy is not None and not isinstance(lazy, (bool, np.bool_)):
+        raise ValueError(f"lazy must be true, false or None (decided by size), got {lazy!r}")
+    return nbytes > LAZY_ABOVE_BYTES if lazy is None else bool(lazy)
+
+
 class H5Images:
     """Rows ``rows`` (file row indices, (n,) int) of the (N, H, W, 3) uint8 dataset ``name`` in the
     HDF5 file ``path``, as an (n, 3, size, size) uint8 array read on demand (``size`` None: H x W).
@@ -209,7 +217,9 @@ class ChunkedRows:
         if len(rows) == 0:
             return out
         chunks = np.searchsorted(self.starts, rows, side="right") - 1
-        for chunk in np.unique(chunks):
+        # chunks in the buffer first: a batch that spans two groups of a chunked epoch order then
+        # reads the new group's chunks last, so that none of them is pushed out before its turn
+        for chunk in sorted(np.unique(chunks), key=lambda c: c not in self._cache):
             mine = np.flatnonzero(chunks == chunk)
             block = self._chunk(int(chunk))[rows[mine] - self.starts[chunk]]
             out[mine] = block.toarray() if sparse.issparse(block) else block

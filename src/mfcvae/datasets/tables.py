@@ -9,7 +9,7 @@ Missing, NaN and infinite feature values are errors.
 
 A Parquet file whose features would take more than ``lazy.LAZY_ABOVE_BYTES`` as float32 stays in
 the file (``ParquetRows``: read a row group at a time). The h5ad reader shares the label rules
-(``label_codes``) and the options' checks (``column_names``, ``wants_lazy``).
+(``label_codes``) and the options' check (``column_names``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from .base import Dataset
-from .lazy import LAZY_ABOVE_BYTES, ChunkedRows
+from .lazy import ChunkedRows, wants_lazy
 
 
 def load_parquet(path: str | Path, labels: str | list[str] | None = None, features: str | list[str] | None = None,
@@ -101,14 +101,6 @@ def column_names(value: str | list[str] | None, option: str) -> list[str] | None
     if len(set(names)) < len(names):
         raise ValueError(f"{option} names a column more than once: {value!r}")
     return list(names)
-
-
-def wants_lazy(lazy: bool | None, nbytes: int) -> bool:
-    """Whether to leave inputs that take ``nbytes`` in memory in their file: ``lazy`` if given, else
-    whether ``nbytes`` exceeds ``LAZY_ABOVE_BYTES``."""
-    if lazy is not None and not isinstance(lazy, (bool, np.bool_)):
-        raise ValueError(f"lazy must be true, false or None (decided by size), got {lazy!r}")
-    return nbytes > LAZY_ABOVE_BYTES if lazy is None else bool(lazy)
 
 
 def label_codes(name: str, values: np.ndarray, missing: int = 0) -> np.ndarray:
