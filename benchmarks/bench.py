@@ -5,6 +5,7 @@
     python benchmarks/bench.py run --data digits --epochs 20 --variants default paper --set lr=1e-3
     python benchmarks/bench.py table --data demo --machine EPYC
     python benchmarks/bench.py pair default paper --data fashion
+    python benchmarks/bench.py verdict default paper
     python benchmarks/bench.py page docs/benchmarks.md
 
 ``run`` trains MFCVAE for a budget (``--epochs``, or ``--seconds``: the estimator's max_seconds)
@@ -12,8 +13,11 @@ for every variant x seed, scores every facet against every label on every split,
 row per run to the results file. A variant is a change to the estimator's defaults (or to a
 preset's parameters, with ``--preset``); ``--set key=value`` adds a change to every variant and is
 named in the variant's label. The variant ``kmeans`` is the baseline: k-means on the raw inputs
-with each facet's K. ``table``, ``pair`` and ``page`` read the rows back; for each seed of a
-data set x budget x variant x machine they use its latest run.
+with each facet's K. ``table``, ``pair``, ``verdict`` and ``page`` read the rows back; for each
+seed of a data set x budget x variant x machine they use its latest run. ``verdict`` applies the
+protocol by which a default changes: B must gain on the mean over at least three data set x label
+entries (held-out splits where there are any), each on three or more seeds, and lose on none by
+more than its seed spread.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ VARIANTS: dict[str, dict] = {
     "auto": {"n_clusters": "auto"},  # every facet's number of clusters chosen by the end refit
 }
 BASELINE = "kmeans"
+MIN_SEEDS, MIN_DATA_SETS = 3, 3  # what the protocol needs before a default changes (``verdict``)
 
 
 # --- what a row records about where and from what it was measured ------------------------
@@ -315,6 +320,41 @@ def pair(rows: list[dict], a: str, b: str, metric: str = "accuracy") -> str:
     return "\n\n".join(parts) or f"no seed ran both {a!r} and {b!r} on the same data, budget and machine"
 
 
+def verdict(rows: list[dict], a: str, b: str, metric: str = "accuracy") -> str:
+    """The protocol's rule for changing a default from ``a`` to ``b``: over every data set x label
+    (its test split where it has one) measured with both on >= MIN_SEEDS common seeds, on the
+    same budget and machine, ``b`` must gain on the mean and lose on none by more than that entry's
+    seed spread (the std over seeds of ``a``'s scores)."""
+    entries = []
+    for (data, where), groups in latest_runs(rows).items():
+        for budget in dict.fromkeys(budget for budget, _ in groups):
+            runs_a, runs_b = groups.get((budget, a), {}), groups.get((budget, b), {})
+            seeds = sorted(set(runs_a) & set(runs_b))
+            labels = split_labels([*runs_a.values(), *runs_b.values()])
+            held_out = [(split, label) for split, label in labels if split == "test"] or labels
+            for split, label in held_out:
+                x = [best_facet(runs_a[s], split, label, metric)[metric] for s in seeds]
+                y = [best_facet(runs_b[s], split, label, metric)[metric] for s in seeds]
+                if len(seeds) >= MIN_SEEDS:
+                    entries.append((f"{data}, {budget}, {split} {label} on {where}", np.mean(x), np.mean(y),
+                                    np.std(x)))
+    if not entries:
+        return f"no data set has {a!r} and {b!r} on {MIN_SEEDS} or more common seeds (same budget and machine)"
+    lines = [f"{b} (B) against {a} (A), {metric}, mean over >= {MIN_SEEDS} seeds", "",
+             "| data set | A | B | B - A | seed spread (std of A) | |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {x:.3f} | {y:.3f} | {y - x:+.3f} | {sd:.3f} | "
+              f"{'loses by more than the spread' if y - x < -sd else ''} |" for name, x, y, sd in entries]
+    gain = np.mean([y - x for _, x, y, _ in entries])
+    losses = [name for name, x, y, sd in entries if y - x < -sd]
+    passes = gain > 0 and not losses and len(entries) >= MIN_DATA_SETS
+    lines += ["", f"mean gain {gain:+.3f} over {len(entries)} data set x label entries; "
+              + ("B may replace A" if passes else "B does not replace A: " + "; ".join(
+                  [*(["it does not gain on the mean"] if gain <= 0 else []),
+                   *([f"it loses by more than the seed spread on {', '.join(losses)}"] if losses else []),
+                   *([f"fewer than {MIN_DATA_SETS} entries"] if len(entries) < MIN_DATA_SETS else [])]))]
+    return "\n".join(lines)
+
+
 def page(rows: list[dict]) -> str:
     """The documentation page: what is measured, the variants, and every table with its commands."""
     variants = "\n".join(f"| `{name}` | {', '.join(f'{k}={v}' for k, v in delta.items()) or 'none'} |"
@@ -455,22 +495,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="store the inputs as float32 or uint8, one run each (default: as loaded)")
     readers = []
     for name, text in (("table", "markdown summary of the stored rows"),
-                       ("pair", "variant B against A, seed by seed"), ("page", "write the documentation page")):
+                       ("pair", "variant B against A, seed by seed"), ("page", "write the documentation page"),
+                       ("verdict", "whether variant B may replace A: the protocol's rule over every data set")):
         reader = commands.add_parser(name, help=text)
         reader.add_argument("--data", choices=list(DATASETS))
         reader.add_argument("--commit", help="only rows measured at a commit starting with this")
         reader.add_argument("--machine", help="only rows whose machine (CPU model, ISA, threads, GPU) contains this")
         readers.append(reader)
     readers[0].add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (as rows name them)")
-    readers[1].add_argument("a", metavar="A")
-    readers[1].add_argument("b", metavar="B")
-    readers[1].add_argument("--metric", default="accuracy", choices=METRICS)
+    for reader in (readers[1], readers[3]):
+        reader.add_argument("a", metavar="A")
+        reader.add_argument("b", metavar="B")
+        reader.add_argument("--metric", default="accuracy", choices=METRICS)
     readers[2].add_argument("out", type=Path, metavar="OUT.md")
     for sub in (runner, *readers):
         sub.add_argument(*(("--out", "--results") if sub is runner else ("--results",)), dest="results", type=Path,
                          default=RESULTS, help=f"the JSON-lines results file (default {RESULTS.relative_to(ROOT)})")
     args = parser.parse_args(argv)
-    subparser = {"run": runner, "table": readers[0], "pair": readers[1], "page": readers[2]}[args.command]
+    subparser = {"run": runner, "table": readers[0], "pair": readers[1], "page": readers[2],
+                 "verdict": readers[3]}[args.command]
 
     if args.command == "run":
         args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -479,18 +522,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.command != "page" and not args.results.is_file():
         subparser.error(f"no results file {args.results}: `bench.py run` writes it")
-    variants = getattr(args, "variants", None) or ([args.a, args.b] if args.command == "pair" else None)
+    two = args.command in ("pair", "verdict")
+    variants = getattr(args, "variants", None) or ([args.a, args.b] if two else None)
     rows = read_rows(args.results, args.data, variants, args.commit, args.machine)
     if args.command == "table":
         print(table(rows))
-    elif args.command == "pair":
+    elif two:
         if args.a == args.b:
-            subparser.error(f"pair needs two different variants, got {args.a!r} twice")
+            subparser.error(f"{args.command} needs two different variants, got {args.a!r} twice")
         missing = [v for v in (args.a, args.b) if not any(r["variant"] == v for r in rows)]
         if missing:
             names = sorted({r["variant"] for r in read_rows(args.results, args.data, None, args.commit, args.machine)})
             subparser.error(f"no rows of {' or '.join(map(repr, missing))}; variants in these rows: {names}")
-        print(pair(rows, args.a, args.b, args.metric))
+        print((pair if args.command == "pair" else verdict)(rows, args.a, args.b, args.metric))
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(page(rows))

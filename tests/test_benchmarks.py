@@ -112,6 +112,36 @@ def test_pair_gives_seed_by_seed_differences_on_one_machine(tmp_path, capsys):
     assert "B - A = +0.017 +- 0.031" in capsys.readouterr().out
 
 
+def protocol_rows(gains: dict[str, float], spread: float = 0.02) -> list[dict]:
+    """A and B on three seeds of each data set in ``gains`` (B = A + gain), scored on train and test."""
+    rows = []
+    for data, gain in gains.items():
+        for seed, base in enumerate((0.6 - spread, 0.6, 0.6 + spread)):
+            rows += [fake_row("A", seed, base, data=data, splits=("train", "test")),
+                     fake_row("B", seed, base + gain, data=data, splits=("train", "test"))]
+    return rows
+
+
+@pytest.mark.parametrize("gains, expected", [
+    ({"demo": 0.05, "digits": 0.01, "fashion": -0.01}, "B may replace A"),
+    ({"demo": 0.2, "digits": 0.01, "fashion": -0.05}, "it loses by more than the seed spread on fashion"),
+    ({"demo": -0.01, "digits": 0.0, "fashion": 0.005}, "it does not gain on the mean"),
+    ({"demo": 0.05, "digits": 0.05}, "fewer than 3 entries"),
+])
+def test_verdict_applies_the_protocol_on_held_out_splits(tmp_path, capsys, gains, expected):
+    results = write(tmp_path / "runs.jsonl", protocol_rows(gains))
+    bench.main(["verdict", "A", "B", "--results", str(results)])
+    out = capsys.readouterr().out
+    assert expected in out
+    assert "test shape" in out and "train shape" not in out  # the held-out split where there is one
+
+
+def test_verdict_needs_three_seeds(tmp_path, capsys):
+    rows = [r for r in protocol_rows({"demo": 0.1, "digits": 0.1, "fashion": 0.1}) if r["seed"] < 2]
+    bench.main(["verdict", "A", "B", "--results", str(write(tmp_path / "runs.jsonl", rows))])
+    assert "no data set has 'A' and 'B' on 3 or more common seeds" in capsys.readouterr().out
+
+
 def test_page_writes_the_documentation_from_the_rows(smoke, tmp_path):
     out = tmp_path / "docs" / "benchmarks.md"
     bench.main(["page", str(out), "--results", str(smoke)])
