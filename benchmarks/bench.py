@@ -381,6 +381,14 @@ the facet that captures the label best (by many-to-one accuracy) and gives the m
 
 Timed rows compare only within one machine: a budget in seconds buys different epochs elsewhere.
 
+## How a default changes
+
+A change to the defaults is judged on several data sets, never on one, and on the held-out split
+where a data set has one: `python benchmarks/bench.py verdict A B` lists, for every data set x label
+measured with both variants on the same budget and machine over three or more seeds, the mean
+scores and the seed spread (the std of A's), and says whether B may replace A. It may when it
+gains on the mean over at least three such entries and loses on none by more than its seed spread.
+
 ## Data sets
 
 {data}
