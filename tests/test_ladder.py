@@ -53,6 +53,21 @@ def test_conv_gradients_reach_every_parameter(make_model):
         assert p.grad.abs().sum() > 0, f"{name} receives an all-zero gradient"
 
 
+def test_the_conv_ladder_runs_channels_last_and_computes_what_the_default_layout_does(make_model):
+    model = make_model(input_shape=(3, 16, 16), hidden_dims=(8, 16), **CONV).eval()
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.ndim == 4)
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        encoded = model.encode(x)
+        decoded = model.decode([m for m, _ in encoded])
+        assert decoded.is_contiguous(memory_format=torch.channels_last) and decoded.shape == x.shape
+        model.to(memory_format=torch.contiguous_format)
+        for (m, v), (m2, v2) in zip(encoded, model.encode(x)):
+            torch.testing.assert_close(m, m2, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(v, v2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(decoded, model.decode([m for m, _ in encoded]), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_ladder_rejects_shapes_it_cannot_halve():
     assert conv_ladder_fits((3, 32, 32), 2) and conv_ladder_fits((1, 16, 48), 2)
     assert not conv_ladder_fits((3, 8, 8), 2)  # 2x2 at the top

@@ -77,6 +77,35 @@ def test_adam_state_saved_unfused_continues_in_a_fused_adam():
     assert float(fused.state_dict()["state"][0]["step"]) == 4
 
 
+def test_adam_state_of_channels_last_weights_comes_back_in_their_layout(tmp_path):
+    """A checkpoint stores every tensor contiguous; the moments of a channels-last convolution are
+    put back in its layout, without which the fused step would pair the wrong elements."""
+    def conv_and_adam(seed: int):
+        torch.manual_seed(seed)
+        conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        return conv, torch.optim.Adam(conv.parameters(), lr=1e-2, fused=True)
+
+    def step(conv, opt, seed):
+        x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(seed))
+        opt.zero_grad()
+        conv(x.contiguous(memory_format=torch.channels_last)).pow(2).mean().backward()
+        opt.step()
+
+    conv, opt = conv_and_adam(0)
+    for seed in range(3):
+        step(conv, opt, seed)
+    tensors, meta = optimizer_to_tensors(opt)
+    write_safetensors(tmp_path / "ckpt.safetensors", tensors, {"optimizer": meta})
+    loaded, loaded_meta = read_safetensors(tmp_path / "ckpt.safetensors")
+    conv2, opt2 = conv_and_adam(1)
+    conv2.load_state_dict(conv.state_dict())
+    optimizer_from_tensors(opt2, loaded, loaded_meta["optimizer"])
+    assert opt2.state[conv2.weight]["exp_avg"].is_contiguous(memory_format=torch.channels_last)
+    for model, optimizer in ((conv, opt), (conv2, opt2)):
+        step(model, optimizer, 9)
+    torch.testing.assert_close(conv2.weight, conv.weight, rtol=0, atol=0)
+
+
 def test_safetensors_round_trip_keeps_tensors_and_nested_metadata(tmp_path):
     tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b.c": torch.tensor([1, 2], dtype=torch.int64),
                "scalar": torch.tensor(3.5)}

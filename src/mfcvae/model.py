@@ -102,6 +102,8 @@ class MultiFacetVAE(nn.Module):
         # per-feature standardisation of the inputs ("gaussian" likelihood only); identity until set
         self.register_buffer("input_shift", torch.zeros(cfg.input_shape))
         self.register_buffer("input_scale", torch.ones(cfg.input_shape))
+        if cfg.architecture == "conv":  # convolutions run in channels-last memory (ladder.py)
+            self.to(memory_format=torch.channels_last)
 
     @property
     def n_facets(self) -> int:

@@ -111,3 +111,10 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     groups = [{**saved, **{key: mine[key] for key in ("fused", "foreach") if key in mine}}
               for saved, mine in zip(meta["param_groups"], optimizer.param_groups)]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # the state takes its parameter's memory layout (channels-last convolutions): the fused update
+    # walks a parameter and its moments element by element in memory order
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param in params:
+        for key, value in optimizer.state.get(param, {}).items():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                optimizer.state[param][key] = torch.empty_like(param).copy_(value)
