@@ -2,7 +2,7 @@
 
     python benchmarks/ladder_step.py                          # conv ladder on 3x28x28 (tinted Fashion-MNIST)
     python benchmarks/ladder_step.py --architecture mlp --shape 1 28 28
-    python benchmarks/ladder_step.py --channels-last          # the conv ladder in channels-last memory
+    python benchmarks/ladder_step.py --memory-format contiguous   # the conv ladder in the default layout
 
 Both steps take the same mini-batch of random images: forward, backward and an Adam update.
 The MFCVAE step is the training loop's own (``train.batch_loss`` of a ``MultiFacetVAE`` built by
@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10, help="steps per timed round")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
-    parser.add_argument("--channels-last", action="store_true", help="both models and batches in channels-last")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"), default="channels_last",
+                        help="the weights' layout in both models (the conv ladder's own: channels_last)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     args = parser.parse_args()
 
@@ -71,9 +72,8 @@ def main() -> None:
     torch.manual_seed(0)
     model, bare = MultiFacetVAE(cfg), BareAutoencoder(MultiFacetVAE(cfg))
     x = torch.rand(args.batch_size, *args.shape)
-    if args.channels_last:
-        model, bare = model.to(memory_format=torch.channels_last), bare.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    if args.memory_format == "contiguous":
+        model, bare = model.to(memory_format=torch.contiguous_format), bare.to(memory_format=torch.contiguous_format)
     weights = torch.ones(cfg.n_facets)
     optimisers = adam(model, 5e-4), adam(bare, 5e-4)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bfloat16")
@@ -99,7 +99,7 @@ def main() -> None:
         rounds.append({"mfcvae_s": full, "bare_s": plain, "ratio": plain / full})
     row = {"architecture": cfg.architecture, "shape": list(args.shape), "hidden_dims": list(cfg.hidden_dims),
            "n_clusters": list(cfg.n_clusters), "latent_dims": list(cfg.latent_dims), "batch_size": args.batch_size,
-           "precision": args.precision, "channels_last": args.channels_last, "steps": args.steps,
+           "precision": args.precision, "memory_format": args.memory_format, "steps": args.steps,
            "median_ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
            "median_mfcvae_ms": round(1000 * statistics.median(r["mfcvae_s"] for r in rounds), 2),
            "median_bare_ms": round(1000 * statistics.median(r["bare_s"] for r in rounds), 2),
@@ -109,7 +109,7 @@ def main() -> None:
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(f"{cfg.architecture} ladder {tuple(args.shape)}, batch {args.batch_size}, {args.precision}"
-          f"{', channels-last' if args.channels_last else ''}: MFCVAE step {row['median_mfcvae_ms']} ms, bare "
+          f", {args.memory_format}: MFCVAE step {row['median_mfcvae_ms']} ms, bare "
           f"autoencoder {row['median_bare_ms']} ms, ratio {row['median_ratio']} (median of {args.repeats} rounds)")
 
 
