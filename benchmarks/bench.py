@@ -77,6 +77,7 @@ VARIANTS: dict[str, dict] = {
     "merge_1": {"merge_scale": 1.0},
     "lr_2e-3": {"lr": 2e-3},
     "auto": {"n_clusters": "auto"},  # every facet's number of clusters chosen by the end refit
+    "n_init_3": {"n_init": 3},
 }
 BASELINE = "kmeans"
 MIN_SEEDS, MIN_DATA_SETS = 3, 3  # what the protocol needs before a default changes (``verdict``)

@@ -88,7 +88,7 @@ def test_launcher_flags_without_nproc_or_under_torchrun_are_refused(tmp_path, mo
 
 def test_a_checkpoint_of_another_world_size_is_refused(make_model):
     cfg = TrainConfig(epochs=2, batch_size=16, lr=5e-4, max_seconds=None, progressive=True, stage_epochs=None,
-                      fade_steps=None, free_bits=0.0, reseed_dead=False, refit_at_end=False, select_clusters=(), seed=0, compile=False)
+                      fade_steps=None, free_bits=0.0, reseed_dead=False, refit_at_end=False, select_clusters=(), n_init=1, seed=0, compile=False)
     trainer = Trainer(make_model(), cfg, 64, torch.device("cpu"), TimeBudget(None))
     tensors, meta = trainer.state()
     Trainer(make_model(), cfg, 64, torch.device("cpu"), TimeBudget(None)).load_state(tensors, meta)

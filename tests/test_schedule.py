@@ -12,7 +12,7 @@ from mfcvae.config import TrainConfig
 from mfcvae.schedule import FADE_FRACTION, ProgressiveSchedule
 
 BASE = dict(epochs=10, batch_size=32, lr=1e-3, max_seconds=None, progressive=True, stage_epochs=None, fade_steps=None,
-            free_bits=0.0, reseed_dead=False, refit_at_end=False, select_clusters=(), seed=0, compile=False)
+            free_bits=0.0, reseed_dead=False, refit_at_end=False, select_clusters=(), n_init=1, seed=0, compile=False)
 
 
 def cfg(**kw) -> TrainConfig:

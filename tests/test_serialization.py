@@ -191,7 +191,7 @@ def test_a_trainers_checkpoint_round_trips_through_its_run_folder(make_model, tm
     from mfcvae.train import Trainer, data_fingerprint
 
     cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3, max_seconds=None, progressive=True, stage_epochs=None,
-                      fade_steps=None, free_bits=0.0, reseed_dead=False, refit_at_end=False, select_clusters=(), seed=0, compile=False)
+                      fade_steps=None, free_bits=0.0, reseed_dead=False, refit_at_end=False, select_clusters=(), n_init=1, seed=0, compile=False)
     x, cpu = torch.rand(40, 3, 4, 4), torch.device("cpu")
 
     def trainer(seed: int, run: RunFolder | None = None, data: torch.Tensor = x) -> Trainer:

@@ -39,6 +39,10 @@ class TimeBudget:
         """The training loop starts (or resumes) in this process."""
         self._since = time.perf_counter()
 
+    def pause(self) -> None:
+        """The training loop stops in this process until the next ``start``."""
+        self.elapsed, self._since = self.spent(), None
+
     def spent(self) -> float:
         """Seconds the training loop has run, earlier sessions of a resumed run included."""
         return self.elapsed + (0.0 if self._since is None else time.perf_counter() - self._since)

@@ -151,7 +151,8 @@ class TrainConfig:
     """The optimisation, every value resolved (nothing here has a default): Adam on mini-batches,
     the progressive schedule, the recipe beyond the paper (free_bits, reseed_dead, refit_at_end)
     and the time budget. ``stage_epochs`` None: equal stages; ``fade_steps`` None: half a stage.
-    ``select_clusters``: the facets whose number of clusters the end refit chooses.
+    ``select_clusters``: the facets whose number of clusters the end refit chooses. ``n_init``:
+    starts from different seeds, the best by ELBO trained on (``train.best_start``).
     ``compile``: True, False or "auto" (see ``runtime.compile_mode``)."""
 
     epochs: int
@@ -165,6 +166,7 @@ class TrainConfig:
     reseed_dead: bool
     refit_at_end: bool
     select_clusters: tuple[int, ...]
+    n_init: int
     seed: int
     compile: bool | str
 
@@ -184,6 +186,7 @@ class TrainConfig:
             raise ValueError(f"compile must be true, false or 'auto', got {self.compile!r}")
         check_real("free_bits", self.free_bits, 0)
         _check_count("seed", self.seed)
+        check_positive_ints("n_init", (self.n_init,))
         if self.stage_epochs is not None:
             check_positive_ints("stage_epochs", self.stage_epochs)
         if self.fade_steps is not None:

@@ -108,6 +108,13 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         As every epoch after the first starts, re-seed the clusters of switched-on facets that
         are the most probable cluster for under a tenth of their fair share of 4096 inputs, by
         splitting the most used cluster.
+    n_init : int, default 1
+        Starts from different seeds (weights, mixture initialisation, shuffling), as scikit-learn's
+        KMeans and GaussianMixture have them: each trains for a tenth of the run (whole epochs),
+        and the one whose last epoch has the highest mean ELBO trains on to the end. The other
+        starts' training comes out of the same ``epochs`` or ``max_seconds`` budget: under a
+        time budget every start's share is planned ahead; with ``epochs`` the starts add
+        (n_init - 1) tenths of a run.
     refit_at_end : bool, default True
         After training, fit every facet's mixture afresh (means, covariances and learned
         weights) to one draw from q(z_j|x) per input (at most 100,000 inputs), its EM started
@@ -173,6 +180,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         fade_steps: int | None = None,
         free_bits: float = 2.0,
         reseed_dead: bool = True,
+        n_init: int = 1,
         refit_at_end: bool = True,
         weight_floor: float = 0.0,
         merge_scale: float | None = None,
@@ -201,6 +209,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         self.fade_steps = fade_steps
         self.free_bits = free_bits
         self.reseed_dead = reseed_dead
+        self.n_init = n_init
         self.refit_at_end = refit_at_end
         self.weight_floor = weight_floor
         self.merge_scale = merge_scale
@@ -275,7 +284,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_seconds=self.max_seconds,
             progressive=self.progressive, stage_epochs=stage_epochs, fade_steps=self.fade_steps,
             free_bits=self.free_bits, reseed_dead=self.reseed_dead, refit_at_end=self.refit_at_end,
-            select_clusters=self._auto_facets(), seed=self.seed, compile=self.compile,
+            select_clusters=self._auto_facets(), n_init=self.n_init, seed=self.seed, compile=self.compile,
         )
 
     def _resolve_likelihood(self, x: torch.Tensor) -> str:

@@ -2,6 +2,7 @@
 
     train(model, x, cfg, ...)
       initialise_priors            the paper's mixture initialisation (mixtures.py)
+      best_start                   with n_init > 1: that many short starts, the best by ELBO goes on
       Trainer.run                  epochs until cfg.epochs or the time budget:
         between epochs               re-seed dead clusters (reseed_dead)
         every mini-batch             schedule weights -> loss -> Adam step -> callbacks
@@ -21,6 +22,7 @@ the ELBO terms and makes the ranks agree on the clock and on a Ctrl-C. Only rank
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import math
@@ -48,6 +50,7 @@ from .runtime import compile_mode
 from .schedule import ProgressiveSchedule
 from .serialization import optimizer_from_tensors, optimizer_to_tensors
 
+START_SHARE = 0.1  # the share of the run each of n_init starts trains before the best one goes on
 FACET_SUMS = ("log_p_z", "log_p_c", "log_q_z", "log_q_c", "kl")  # per facet, after loss, elbo, reconstruction
 
 
@@ -103,27 +106,55 @@ def train(model: MultiFacetVAE, x: torch.Tensor, cfg: TrainConfig, device: torch
     ``started``: the ``time.perf_counter()`` reading the time budget counts from (default: now).
     """
     budget = TimeBudget(cfg.max_seconds, started)
-    trainer = Trainer(model, cfg, len(x), device, budget, run=run, callbacks=callbacks, metadata=metadata,
-                      data_id=data_fingerprint(x))
+    starts = cfg.n_init > 1 and not resume  # the run folder and callbacks go to the chosen start
+    trainer = Trainer(model, cfg, len(x), device, budget, run=None if starts else run,
+                      callbacks=() if starts else callbacks, metadata=metadata, data_id=data_fingerprint(x))
     if resume:
         trainer.load_state(*run.read_checkpoint())
         run.adopt()
     else:
         fit_started = time.perf_counter()
         initialise_priors(model, x, cfg.batch_size, cfg.seed, device)
+        initial_fit = time.perf_counter() - fit_started
         candidates = sum(len(cluster_candidates(model.priors[j].n_clusters)) for j in cfg.select_clusters)
-        reserve = refit_cost(time.perf_counter() - fit_started, len(x), candidates / model.n_facets)
-        budget.plan_loop(reserve=reserve if cfg.refit_at_end else 0.0)
-        if budget.limited:  # every rank takes rank 0's plan
-            budget.loop_seconds = float(distributed.broadcast_value(torch.tensor(budget.loop_seconds)))
+        reserve = refit_cost(initial_fit, len(x), candidates / model.n_facets) if cfg.refit_at_end else 0.0
+        budget.plan_loop(reserve=reserve + (cfg.n_init - 1) * initial_fit)  # the other starts' initial fits
+        if budget.limited:  # every rank takes rank 0's plan, shared by the starts' loops
+            loop = float(distributed.broadcast_value(torch.tensor(budget.loop_seconds)))
+            budget.loop_seconds = loop / (1 + (cfg.n_init - 1) * START_SHARE)
         if distributed.rank() > 0:  # the other ranks draw their own noise for the reparameterisation
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, distributed.rank()]).generate_state(1)[0]))
+        if starts:
+            trainer = best_start(trainer, x, cfg, device, callbacks)
+            trainer.attach(run, callbacks)
     trainer.run(x)
+    if trainer.model is not model:  # another start was chosen: the caller's model takes its weights
+        model.load_state_dict(trainer.model.state_dict())
     if cfg.refit_at_end:
         refit_priors(model, x, cfg.batch_size, cfg.seed, device, select=cfg.select_clusters)
     else:
         recalibrate_batch_norm(model, x, cfg.batch_size, device, cfg.seed)
     return trainer.history
+
+
+def best_start(first: "Trainer", x: torch.Tensor, cfg: TrainConfig, device: torch.device,
+               callbacks: Sequence[Callback] = ()) -> "Trainer":
+    """``cfg.n_init`` starts, ``first`` and others from seeds drawn from ``cfg.seed`` (weights,
+    mixture initialisation, shuffling), each trained for START_SHARE of the run (whole epochs); the
+    one whose last epoch has the highest mean ELBO is returned to train on. ``callbacks`` hear of
+    each start's ELBO."""
+    until = max(1, round(START_SHARE * first.total_steps))
+    seeds = np.random.SeedSequence(cfg.seed).generate_state(cfg.n_init - 1)
+    best: tuple[float, Trainer] | None = None
+    for i in range(cfg.n_init):
+        trainer = first if i == 0 else first.another_start(int(seeds[i - 1]) % 2**31, x)
+        trainer.run(x, until=until)
+        elbo = trainer.history[-1]["elbo"]  # agreed by every rank of a data-parallel run
+        for callback in callbacks:
+            callback.message(f"start {i + 1} of {cfg.n_init}: ELBO {elbo:.2f} after {trainer.epoch} epoch(s)")
+        if best is None or elbo > best[0]:
+            best = (elbo, trainer)
+    return best[1]
 
 
 def refit_cost(initial_fit_seconds: float, n: int, candidate_fits: float = 0.0) -> float:
@@ -151,6 +182,7 @@ class Trainer:
                  budget: TimeBudget, *, run: RunFolder | None = None, callbacks: Sequence[Callback] = (),
                  metadata: dict | None = None, data_id: str = ""):
         self.model, self.cfg, self.device, self.budget, self.run_folder = model, cfg, device, budget, run
+        self.n_samples = n_samples
         self.callbacks = list(callbacks)
         self.metadata = metadata or {}  # stored in every checkpoint
         self.data_id = data_id  # the training data's fingerprint, checked on resume
@@ -192,10 +224,35 @@ class Trainer:
     def finished(self) -> bool:
         return self.step > 0 and self.position >= self.total_steps
 
+    # --- the starts of n_init ------------------------------------------------------
+    def another_start(self, seed: int, x: torch.Tensor) -> "Trainer":
+        """A fresh start of this run from ``seed``: new weights (the input scaling kept), a mixture
+        initialisation and a shuffle order drawn from it; its own copy of the time budget, no run
+        folder or callbacks."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            model = MultiFacetVAE(self.model.cfg).to(self.device)
+        model.input_shift.copy_(self.model.input_shift)
+        model.input_scale.copy_(self.model.input_scale)
+        initialise_priors(model, x, self.cfg.batch_size, seed, self.device)
+        budget = copy.copy(self.budget)
+        budget.elapsed, budget._since = 0.0, None
+        trainer = Trainer(model, self.cfg, self.n_samples, self.device, budget, metadata=self.metadata,
+                          data_id=self.data_id)
+        trainer.shuffle.manual_seed(seed)  # its state goes into checkpoints, so a resumed run goes on alike
+        return trainer
+
+    def attach(self, run: RunFolder | None, callbacks: Sequence[Callback]) -> None:
+        """Give the chosen start the run folder and the callbacks, which hear of its epochs so far."""
+        self.run_folder, self.callbacks = run, list(callbacks)
+        for row in self.history:
+            self._notify("on_epoch_end", row)
+
     # --- the loop ------------------------------------------------------------------
-    def run(self, x: torch.Tensor) -> list[dict]:
-        """Train until ``cfg.epochs`` epochs are done or the time budget is spent; returns the
-        per-epoch history (a run stopped by its deadline ends with a partial epoch).
+    def run(self, x: torch.Tensor, until: int | None = None) -> list[dict]:
+        """Train until ``cfg.epochs`` epochs are done or the time budget is spent, or with ``until``
+        to the first epoch's end at or past that position; returns the per-epoch history (a run
+        stopped by its deadline ends with a partial epoch).
 
         Ctrl-C finishes the mini-batch in flight, writes a checkpoint of exactly that point
         (with a run folder) and raises KeyboardInterrupt, whose message says what there is to
@@ -205,7 +262,7 @@ class Trainer:
         self._notify("on_train_begin")
         try:
             with self._deferred_ctrl_c():
-                while not self.finished:
+                while not self.finished and (until is None or self.position < until):
                     row = self._train_epoch(x)
                     self.epoch += 1
                     self.history.append(row)
@@ -217,6 +274,7 @@ class Trainer:
             # no gradients left behind: compiled on a GPU they live in the CUDA graphs' memory,
             # which the next compiled run in this process overwrites
             self.optimizer.zero_grad(set_to_none=True)
+            self.budget.pause()
             self._notify("on_train_end")
         return self.history
 
