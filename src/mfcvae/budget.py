@@ -39,6 +39,12 @@ class TimeBudget:
         """The training loop starts (or resumes) in this process."""
         self._since = time.perf_counter()
 
+    def fresh(self) -> "TimeBudget":
+        """The same plan with no loop time spent: for another start of ``n_init``."""
+        out = TimeBudget(self.max_seconds, self.started)
+        out.loop_seconds = self.loop_seconds
+        return out
+
     def pause(self) -> None:
         """The training loop stops in this process until the next ``start``."""
         self.elapsed, self._since = self.spent(), None

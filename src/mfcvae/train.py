@@ -22,7 +22,6 @@ the ELBO terms and makes the ranks agree on the clock and on a Ctrl-C. Only rank
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import math
@@ -235,9 +234,7 @@ class Trainer:
         model.input_shift.copy_(self.model.input_shift)
         model.input_scale.copy_(self.model.input_scale)
         initialise_priors(model, x, self.cfg.batch_size, seed, self.device)
-        budget = copy.copy(self.budget)
-        budget.elapsed, budget._since = 0.0, None
-        trainer = Trainer(model, self.cfg, self.n_samples, self.device, budget, metadata=self.metadata,
+        trainer = Trainer(model, self.cfg, self.n_samples, self.device, self.budget.fresh(), metadata=self.metadata,
                           data_id=self.data_id)
         trainer.shuffle.manual_seed(seed)  # its state goes into checkpoints, so a resumed run goes on alike
         return trainer
