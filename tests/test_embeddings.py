@@ -40,7 +40,7 @@ def test_bic_chooses_the_number_of_well_separated_groups(covariance, learn_weigh
     means = centres[rng.integers(0, 5, 2000)] + rng.normal(size=(2000, 3))
     z = means + 0.1 * rng.normal(size=means.shape)
     prior = MixturePrior(12, 3, covariance, learn_weights)
-    k, start = select_n_clusters(means, z, 12, prior, seed=0)
+    k, start = select_n_clusters(means, z, prior, seed=0)
     assert k == 5
     assert start["means_init"].shape == (5, 3)
 
@@ -51,7 +51,7 @@ def test_one_cluster_is_a_candidate_and_many_are_spaced_geometrically():
     assert many[0] == 1 and many[-1] == 200 and len(many) <= 30 and many == sorted(set(many))
     rng = np.random.default_rng(0)
     blob = rng.normal(size=(1000, 2))
-    assert select_n_clusters(blob, blob, 6, MixturePrior(6, 2, "full"), seed=0)[0] == 1
+    assert select_n_clusters(blob, blob, MixturePrior(6, 2, "full"), seed=0)[0] == 1
 
 
 def test_auto_facets_get_the_chosen_count_and_fixed_ones_keep_theirs(tmp_path):

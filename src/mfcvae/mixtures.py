@@ -142,7 +142,7 @@ def _refit(model: MultiFacetVAE, encoded: list[tuple[torch.Tensor, torch.Tensor]
         z = means + (0.5 * log_var).exp() * torch.randn(means.shape, generator=noise, dtype=means.dtype)
         z, means = z.double().numpy(), means.double().numpy()
         if j in select:
-            k, start = select_n_clusters(means, z, model.priors[j].n_clusters, model.priors[j], seed)
+            k, start = select_n_clusters(means, z, model.priors[j], seed)
             model.resize_prior(j, k)
         else:
             start = spectral_start(means, z, model.priors[j].n_clusters, model.priors[j].covariance, seed)
@@ -176,14 +176,13 @@ def _mixture(prior: MixturePrior, k: int, seed: int, start: dict) -> GaussianMix
     return _FixedWeightsMixture(k, covariance_type=prior.covariance, random_state=seed, **start)
 
 
-def select_n_clusters(means: np.ndarray, z: np.ndarray, max_clusters: int, prior: MixturePrior,
-                      seed: int) -> tuple[int, dict]:
-    """(k, start): the number of clusters, at most ``max_clusters``, whose mixture has the lowest
+def select_n_clusters(means: np.ndarray, z: np.ndarray, prior: MixturePrior, seed: int) -> tuple[int, dict]:
+    """(k, start): the number of clusters, at most ``prior``'s, whose mixture has the lowest
     BIC on draws ``z`` (N, d) of q(z|x), and the start of its EM. Each candidate
     (``cluster_candidates``) is fitted, from its own spectral partition of the posterior means
     ``means`` (one spectral embedding serves them all), to the at most GMM_MAX_POINTS draws that
     partition covers, with ``prior``'s covariance type and fixed or learned weights."""
-    candidates = cluster_candidates(max_clusters)
+    candidates = cluster_candidates(prior.n_clusters)
     pick, partitions = spectral_partitions(means, candidates, seed)
     best = None
     for k in candidates:
