@@ -78,6 +78,8 @@ VARIANTS: dict[str, dict] = {
     "lr_2e-3": {"lr": 2e-3},
     "auto": {"n_clusters": "auto"},  # every facet's number of clusters chosen by the end refit
     "n_init_3": {"n_init": 3},
+    "mlp": {"architecture": "mlp"},
+    "conv": {"architecture": "conv"},
 }
 BASELINE = "kmeans"
 MIN_SEEDS, MIN_DATA_SETS = 3, 3  # what the protocol needs before a default changes (``verdict``)
