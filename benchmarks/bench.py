@@ -323,15 +323,30 @@ def pair(rows: list[dict], a: str, b: str, metric: str = "accuracy") -> str:
     return "\n\n".join(parts) or f"no seed ran both {a!r} and {b!r} on the same data, budget and machine"
 
 
+def counterpart(variant: str, a: str, b: str) -> str | None:
+    """The variant that makes the change from ``a`` to ``b`` on top of ``variant``, or None where
+    ``variant`` is not ``a``: ``a`` itself, ``a`` under a preset (``preset:a``) or ``a`` with
+    ``--set`` changes (``a+key=value``). ``b`` = ``a+key=value`` adds its change after the others."""
+    preset, colon, rest = variant.rpartition(":")
+    if rest != a and not rest.startswith(a + "+"):
+        return None
+    sets = rest[len(a):]
+    return preset + colon + (a + sets + b[len(a):] if b.startswith(a + "+") else b + sets)
+
+
 def verdict(rows: list[dict], a: str, b: str, metric: str = "accuracy") -> str:
     """The protocol's rule for changing a default from ``a`` to ``b``: over every data set x label
     (its test split where it has one) measured with both on >= MIN_SEEDS common seeds, on the
     same budget and machine, ``b`` must gain on the mean and lose on none by more than that entry's
-    seed spread (the std over seeds of ``a``'s scores)."""
+    seed spread (the std over seeds of ``a``'s scores). The change counts under a preset and
+    beside ``--set`` changes too (``counterpart``)."""
     entries = []
     for (data, where), groups in latest_runs(rows).items():
-        for budget in dict.fromkeys(budget for budget, _ in groups):
-            runs_a, runs_b = groups.get((budget, a), {}), groups.get((budget, b), {})
+        for budget, variant_a in dict.fromkeys(groups):
+            variant_b = counterpart(variant_a, a, b)
+            if variant_b is None:
+                continue
+            runs_a, runs_b = groups[budget, variant_a], groups.get((budget, variant_b), {})
             seeds = sorted(set(runs_a) & set(runs_b))
             labels = split_labels([*runs_a.values(), *runs_b.values()])
             held_out = [(split, label) for split, label in labels if split == "test"] or labels
@@ -339,7 +354,8 @@ def verdict(rows: list[dict], a: str, b: str, metric: str = "accuracy") -> str:
                 x = [best_facet(runs_a[s], split, label, metric)[metric] for s in seeds]
                 y = [best_facet(runs_b[s], split, label, metric)[metric] for s in seeds]
                 if len(seeds) >= MIN_SEEDS:
-                    entries.append((f"{data}, {budget}, {split} {label} on {where}", np.mean(x), np.mean(y),
+                    within = "" if variant_a == a else f" ({variant_a})"
+                    entries.append((f"{data}{within}, {budget}, {split} {label} on {where}", np.mean(x), np.mean(y),
                                     np.std(x)))
     if not entries:
         return f"no data set has {a!r} and {b!r} on {MIN_SEEDS} or more common seeds (same budget and machine)"
@@ -534,14 +550,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.command != "page" and not args.results.is_file():
         subparser.error(f"no results file {args.results}: `bench.py run` writes it")
     two = args.command in ("pair", "verdict")
-    variants = getattr(args, "variants", None) or ([args.a, args.b] if two else None)
+    # verdict reads every variant: the change also counts under presets and beside --set changes
+    variants = getattr(args, "variants", None) or ([args.a, args.b] if args.command == "pair" else None)
     rows = read_rows(args.results, args.data, variants, args.commit, args.machine)
     if args.command == "table":
         print(table(rows))
     elif two:
         if args.a == args.b:
             subparser.error(f"{args.command} needs two different variants, got {args.a!r} twice")
-        missing = [v for v in (args.a, args.b) if not any(r["variant"] == v for r in rows)]
+        present = {r["variant"] for r in rows}
+        partners = {counterpart(v, args.a, args.b) for v in present} - {None}
+        missing = [v for v, found in ((args.a, partners), (args.b, partners & present)) if not found]
         if missing:
             names = sorted({r["variant"] for r in read_rows(args.results, args.data, None, args.commit, args.machine)})
             subparser.error(f"no rows of {' or '.join(map(repr, missing))}; variants in these rows: {names}")

@@ -136,6 +136,26 @@ def test_verdict_applies_the_protocol_on_held_out_splits(tmp_path, capsys, gains
     assert "test shape" in out and "train shape" not in out  # the held-out split where there is one
 
 
+@pytest.mark.parametrize("variant, a, b, expected", [
+    ("default", "default", "n_init_3", "n_init_3"),
+    ("two_factors:default", "default", "default+free_bits=4", "two_factors:default+free_bits=4"),
+    ("default+n_clusters=[10,10]", "default", "default+free_bits=4", "default+n_clusters=[10,10]+free_bits=4"),
+    ("demo:default+lr=0.001", "default", "joint", "demo:joint+lr=0.001"),
+    ("paper", "default", "joint", None),
+    ("default_x", "default", "joint", None),
+])
+def test_counterpart_makes_the_change_under_presets_and_sets(variant, a, b, expected):
+    assert bench.counterpart(variant, a, b) == expected
+
+
+def test_verdict_counts_the_change_under_a_preset(tmp_path, capsys):
+    rows = protocol_rows({"demo": 0.05, "digits": 0.01})
+    rows += [{**r, "variant": {"A": "p:A", "B": "p:B"}[r["variant"]]} for r in protocol_rows({"fashion": 0.02})]
+    bench.main(["verdict", "A", "B", "--results", str(write(tmp_path / "runs.jsonl", rows))])
+    out = capsys.readouterr().out
+    assert "fashion 100 (float32) (p:A)" in out and "B may replace A" in out
+
+
 def test_verdict_needs_three_seeds(tmp_path, capsys):
     rows = [r for r in protocol_rows({"demo": 0.1, "digits": 0.1, "fashion": 0.1}) if r["seed"] < 2]
     bench.main(["verdict", "A", "B", "--results", str(write(tmp_path / "runs.jsonl", rows))])
