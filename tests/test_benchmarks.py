@@ -1,5 +1,5 @@
 """benchmarks/bench.py: a smoke run writes a self-describing row; table, pair and page read rows
-back; bad arguments are refused before any training."""
+back; bad arguments are refused before any training. benchmarks/facet_probe.py: what it measures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mfcvae import MFCVAE
@@ -14,6 +15,7 @@ from mfcvae.config import load_preset
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import bench  # noqa: E402
+import facet_probe  # noqa: E402
 
 TINY = ["--n", "120", "--epochs", "1", "--set", "hidden_dims=[16,32]", "--set", "n_clusters=[4,3]",
         "--set", "batch_size=32"]
@@ -243,3 +245,23 @@ def test_the_machine_names_its_instruction_set_level(tmp_path, flags, isa):
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
                        "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
     assert bench.cpu_info(cpuinfo) == {"cpu": "Some CPU", "isa": isa}
+
+
+def test_facet_probe_tells_codes_that_separate_a_label_from_codes_that_do_not():
+    rng = np.random.default_rng(0)
+    y = rng.integers(3, size=300)
+    separated = y[:, None] * 5.0 + rng.normal(size=(300, 2))
+    assert facet_probe.neighbour_accuracy(separated, y) > 0.95
+    assert facet_probe.neighbour_accuracy(rng.normal(size=(300, 2)), y) < 0.55
+
+
+def test_facet_probe_reports_every_facet_and_label():
+    from mfcvae.datasets import make_shapes
+    data = make_shapes(n=120, seed=0)
+    model = MFCVAE(**{**load_preset("demo"), "epochs": 1, "stage_epochs": None, "fade_steps": 1,
+                              "verbose": False}).fit(data)
+    row = facet_probe.probe(model, data)
+    assert len(row["facets"]) == 2 and np.isfinite(row["elbo"])
+    for facet in row["facets"]:
+        assert set(facet["accuracy"]) == set(facet["knn_accuracy"]) == {"shape", "colour"}
+        assert all(0 <= v <= 1 for v in [*facet["accuracy"].values(), *facet["knn_accuracy"].values()])
