@@ -258,8 +258,8 @@ def test_facet_probe_tells_codes_that_separate_a_label_from_codes_that_do_not():
 def test_facet_probe_reports_every_facet_and_label():
     from mfcvae.datasets import make_shapes
     data = make_shapes(n=120, seed=0)
-    model = MFCVAE(**{**load_preset("demo"), "epochs": 1, "stage_epochs": None, "fade_steps": 1,
-                              "verbose": False}).fit(data)
+    params = {**load_preset("demo"), "epochs": 1, "stage_epochs": None, "fade_steps": 1, "verbose": False}
+    model = MFCVAE(**params).fit(data)
     row = facet_probe.probe(model, data)
     assert len(row["facets"]) == 2 and np.isfinite(row["elbo"])
     for facet in row["facets"]:
