@@ -101,7 +101,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         the schedule (``fade_steps`` included) to the run's length.
     fade_steps : int or None, default None
         Fade-in length in mini-batches; None: half a stage.
-    free_bits : float, default 4.0
+    free_bits : float, default 2.0
         KL (nats, per facet and example) below which a facet is not pulled towards its prior
         during training, which keeps lower facets from collapsing (0: the paper's objective).
         Where extra information buys little reconstruction (few features), a facet's KL settles
@@ -180,7 +180,7 @@ class MFCVAE(ClusterMixin, TransformerMixin, BaseEstimator):
         progressive: bool = True,
         stage_epochs: tuple[int, ...] | None = None,
         fade_steps: int | None = None,
-        free_bits: float = 4.0,
+        free_bits: float = 2.0,
         reseed_dead: bool = True,
         n_init: int = 1,
         refit_at_end: bool = True,
