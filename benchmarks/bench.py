@@ -122,6 +122,11 @@ def source() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def provenance(script: str, argv: list[str]) -> dict:
+    """What a benchmark row records about its run: commit, dirty flag, machine and the command."""
+    return {**source(), "machine": machine(), "command": shlex.join(["python", f"benchmarks/{script}", *argv])}
+
+
 # --- data --------------------------------------------------------------------------------
 def digits() -> Dataset:
     """scikit-learn's digits, (1797, 1, 8, 8) in [0, 1], label "digit"."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from bench import ROOT, load_splits, machine, prepared, source  # benchmarks/bench.py
+from bench import ROOT, load_splits, prepared, provenance  # benchmarks/bench.py
 from mfcvae import MFCVAE, load_preset
 from mfcvae.mixtures import (REFIT_MAX_POINTS, _encode, _mixture, _start_from_groups, cluster_candidates,
                              spectral_partitions)
@@ -68,8 +68,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
-    described = {**source(), "machine": machine(), "command": " ".join(["python", "benchmarks/choose_k.py",
-                                                                         *sys.argv[1:]])}
+    described = provenance("choose_k.py", sys.argv[1:])
     for name in args.data:
         params, n = RECIPES[name]
         data = prepared(load_splits(name)["train"], n, None)

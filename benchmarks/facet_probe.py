@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from bench import DATASETS, ROOT, load_splits, machine, parse_sets, source  # benchmarks/bench.py
+from bench import DATASETS, ROOT, load_splits, parse_sets, provenance  # benchmarks/bench.py
 from mfcvae import MFCVAE, load_preset
 
 RESULTS = ROOT / "benchmarks" / "results" / "facet_probe.jsonl"
@@ -58,8 +58,7 @@ def main() -> None:
     sets = parse_sets(args.set, set(MFCVAE().get_params()))
     params = {**(load_preset(args.preset) if args.preset else {}), **sets}
     data = load_splits(args.data)["train"]
-    described = {**source(), "machine": machine(), "command": " ".join(["python", "benchmarks/facet_probe.py",
-                                                                         *sys.argv[1:]])}
+    described = provenance("facet_probe.py", sys.argv[1:])
     for seed in args.seeds:
         model = MFCVAE(**{**params, "seed": seed, "verbose": False}).fit(data)
         row = {"data": args.data, "n": len(data), "preset": args.preset, "sets": sets, "seed": seed,

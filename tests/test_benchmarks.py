@@ -265,3 +265,9 @@ def test_facet_probe_reports_every_facet_and_label():
     for facet in row["facets"]:
         assert set(facet["accuracy"]) == set(facet["knn_accuracy"]) == {"shape", "colour"}
         assert all(0 <= v <= 1 for v in [*facet["accuracy"].values(), *facet["knn_accuracy"].values()])
+
+
+def test_provenance_names_the_commit_machine_and_a_rerunnable_command():
+    row = bench.provenance("facet_probe.py", ["--set", "n_clusters=[4,4]"])
+    assert row["command"] == "python benchmarks/facet_probe.py --set 'n_clusters=[4,4]'"
+    assert {"commit", "dirty", "machine"} <= set(row) and row["machine"]["threads"] >= 1
